@@ -31,7 +31,7 @@ sync-check: $(STAMP)
 	echo "notebooks and package in sync"
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --n_workers 2 --timing
+	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q tests/

@@ -1,0 +1,141 @@
+"""Training engine: exact resume after SIGKILL, the papermill notebook, wandb that cannot fail a run."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from vitartifacts.config import Config, demo_config, from_namespace, setting_names
+from vitartifacts.train import read_metrics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / 'nbs' / 'workflows' / 'train.ipynb'
+# one thread: bit-exact comparisons need the same thread count in every run, and tiny models are fastest so
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(ROOT), WANDB_MODE='disabled')
+TINY = ['--data_fn', 'vitartifacts.train:memory_data', '--size', 'tiny', '--img_size', '32', '--patch_size', '8',
+        '--num_workers', '0', '--wandb_mode', 'disabled', '--probe_size', '4']
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    "Tiny models train fastest on one thread, and the suite shares two cores; papermill kernels inherit the setting."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    yield
+    torch.set_num_threads(n)
+
+
+def cli(*args):
+    return [sys.executable, '-m', 'vitartifacts.cli', *map(str, args)]
+
+
+def without_timing(lines):
+    return [{k: v for k, v in l.items() if k not in ('seconds', 'images_per_s')} for l in lines]
+
+
+def test_sigkill_and_resume_is_bit_exact(tmp_path):
+    "A run killed with SIGKILL in the middle of an epoch and resumed ends exactly like an uninterrupted one."
+    common = TINY + ['--epochs', 2, '--batch_size', 16, '--warmup_epochs', 1, '--save_steps', 5, '--deterministic',
+                     '--analysis_freq', 2, '--runs_dir', tmp_path]  # Mixup/CutMix and drop path on: they draw
+    from vitartifacts.cli import parse_args, train_config
+    train(train_config(parse_args(list(map(str, ['train', *common, '--run_name', 'straight'])))))  # in this process
+
+    proc = subprocess.Popen(cli('train', *common, '--run_name', 'killed'), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    info, deadline = tmp_path / 'killed' / 'checkpoints' / 'latest.json', time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try: at = json.loads(info.read_text())
+            except (FileNotFoundError, json.JSONDecodeError): at = {}
+            # 32 steps an epoch, a save every 5: kill right after the save at step 8 or 13 of the second epoch,
+            # so the next save is 5 steps away and the kill lands in the middle of the epoch
+            if at.get('epoch') == 1 and at.get('step_in_epoch') in (8, 13): break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill(); proc.wait()
+    ckpt = torch.load(tmp_path / 'killed' / 'checkpoints' / 'latest.pt', weights_only=True)
+    assert ckpt['progress']['epoch'] == 1 and ckpt['progress']['step_in_epoch'] in (8, 13), ckpt['progress']
+    assert not (tmp_path / 'killed' / 'checkpoints' / 'final.pt').exists()
+
+    subprocess.run(cli('train', '--runs_dir', tmp_path, '--run_name', 'killed', '--resume'), env=ENV, check=True,
+                   capture_output=True)
+
+    from safetensors.torch import load_file
+    a, b = (load_file(tmp_path / r / 'checkpoints' / 'final.safetensors') for r in ('straight', 'killed'))
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), k
+    ma, mb = read_metrics(tmp_path / 'straight'), read_metrics(tmp_path / 'killed')
+    assert [l['epoch'] for l in ma] == [1, 2]
+    assert without_timing(ma) == without_timing(mb)
+    from vitartifacts.store import ProbeStore
+    sa, sb = ProbeStore(tmp_path / 'straight'), ProbeStore(tmp_path / 'killed')
+    assert sa.epochs == sb.epochs == [0, 2]
+    assert (sa.read('norms') == sb.read('norms')).all()
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    cfg = Config(size='tiny', img_size=32, patch_size=8, epochs=1, batch_size=64, num_workers=0, wandb_mode='disabled',
+                 analysis_freq=0, data_fn='vitartifacts.train:memory_data', runs_dir=str(tmp_path), run_name='r')
+    train(cfg)
+    with pytest.raises(ValueError, match=r"settings differ from its config.yaml: lr \(0.004 -> 0.001\)"):
+        train(Config(**{**cfg.__dict__, 'lr': 1e-3, 'resume': True}))
+    with pytest.raises(FileNotFoundError, match='Cannot resume'):
+        train(Config(**{**cfg.__dict__, 'run_name': 'other', 'resume': True}))
+
+
+def parameters_cell(nb):
+    cells = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
+    assert len(cells) == 1, "nbs/workflows/train.ipynb needs exactly one cell tagged 'parameters'"
+    return cells[0]
+
+
+def test_workflow_parameters_are_the_config():
+    "The papermill parameters cell names every setting of Config, with the demo's values, and papermill reads them."
+    nb = nbformat.read(WORKFLOW, as_version=4)
+    ns = {}
+    exec(parameters_cell(nb).source, {}, ns)
+    assert sorted(ns) == sorted(setting_names())
+    assert from_namespace(ns) == demo_config()
+    import papermill
+    assert list(papermill.inspect_notebook(str(WORKFLOW))) == setting_names()
+    assert 'default_exp' not in ''.join(c.source for c in nb.cells)
+
+
+def test_workflow_notebook_trains_under_papermill(tmp_path):
+    "papermill runs the notebook with -p overrides and it trains into runs_dir/run_name."
+    import papermill
+    run_dir = tmp_path / 'pm'
+    run_dir.mkdir()
+    papermill.execute_notebook(
+        str(WORKFLOW), str(run_dir / 'train.ipynb'), cwd=str(ROOT), progress_bar=False, kernel_name='python3',
+        parameters=dict(data_fn='vitartifacts.train:memory_data', img_size=32, epochs=2, batch_size=32, num_workers=0,
+                        wandb_mode='disabled', model='register', n_registers=2, runs_dir=str(tmp_path), run_name='pm'))
+    assert Config.load(run_dir / 'config.yaml').model == 'register'
+    assert [m['epoch'] for m in read_metrics(run_dir)] == [1, 2]
+    assert (run_dir / 'checkpoints' / 'final.safetensors').exists()
+    out = nbformat.read(run_dir / 'train.ipynb', as_version=4)
+    assert any('injected-parameters' in c.metadata.get('tags', []) for c in out.cells)
+
+
+def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):
+    "online without a key logs offline; online with an unreachable server falls back to offline; TensorBoard writes."
+    monkeypatch.setenv('HOME', str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv('WANDB_API_KEY', raising=False)
+    monkeypatch.delenv('WANDB_MODE', raising=False)
+    base = dict(size='tiny', img_size=32, patch_size=8, epochs=1, batch_size=64, num_workers=0, analysis_freq=0,
+                data_fn='vitartifacts.train:memory_data', runs_dir=str(tmp_path), wandb_mode='online')
+    run_dir = train(Config(**base, run_name='nokey', tensorboard=True))
+    assert list((run_dir / 'wandb').glob('offline-run-*')), "wandb should have logged offline into the run folder"
+    assert not [w for w in recwarn if 'wandb' in str(w.message)]
+    assert list((run_dir / 'tensorboard').glob('events.out.tfevents.*'))
+    monkeypatch.setenv('WANDB_API_KEY', 'a' * 40)
+    monkeypatch.setenv('WANDB_BASE_URL', 'http://127.0.0.1:9')  # nothing listens there
+    monkeypatch.setenv('WANDB_INIT_TIMEOUT', '3')
+    run_dir = train(Config(**base, run_name='unreachable'))
+    assert len(read_metrics(run_dir)) == 1
+    assert list((run_dir / 'wandb').glob('offline-run-*'))
+    assert not [w for w in recwarn if 'wandb' in str(w.message)]

@@ -125,11 +125,25 @@ def ours(run_root, name, steps_per_epoch_data, epochs=3, **settings):
 
 def ours_model_only(run_root, steps):
     from vitartifacts.train import Data
-    from vitartifacts.config import Config
-    cfg = Config(size='small')
-    from vitartifacts.train import mixup_fn
-    data = Data(gpu_batches(steps), gpu_batches(2), 100, mixup_fn(cfg, 100))
+    from vitartifacts.gpudata import BatchMixup
+    data = Data(gpu_batches(steps), gpu_batches(2), 100, BatchMixup(num_classes=100))
     return ours(run_root, 'model_only', data)
+
+
+def fast_data(root, cache_root, batch_size=256, workers=None):
+    "Data for `train` from the uint8 cache on the GPU, augmented and mixed there (what setting fast_data builds)."
+    from vitartifacts.gpudata import prepare_data_command, ImageCache, BatchAugment, BatchMixup, CachedLoader
+    from vitartifacts.train import Data
+    t0 = time.perf_counter()
+    out = prepare_data_command(root, Path(cache_root) / 'uint8', img_size=224, num_workers=workers)
+    prepare_s = time.perf_counter() - t0
+    train_cache, val_cache = ImageCache.load(out / 'train', 'cuda'), ImageCache.load(out / 'val', 'cuda')
+    n_cls = len(train_cache.classes)
+    train_loader = CachedLoader(train_cache, batch_size, 'cuda', BatchAugment(224, out_dtype=torch.bfloat16),
+                                BatchMixup(num_classes=n_cls), img_size=224, out_dtype=torch.bfloat16)
+    val_loader = CachedLoader(val_cache, batch_size, 'cuda', None, None, shuffle=False, drop_last=False, img_size=224)
+    already_mixed = lambda images, targets: (images, targets)
+    return Data(train_loader, val_loader, n_cls, already_mixed), prepare_s, len(train_cache)
 
 
 def probe_cost(run_root, epoch_seconds, analysis_freq):
@@ -165,6 +179,7 @@ def main():
                timm=timm.__version__, batch=256, cpus=os.cpu_count())
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     def save(): out.write_text(json.dumps(res, indent=1)); print(json.dumps(res), flush=True)
+    print("parts:", sorted(parts), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix='gpu_speed_'))
     if 'ref_model' in parts: res['reference_model_only'] = reference_model_only(args.steps); save()
     if 'ours_model' in parts: res['ours_model_only'] = ours_model_only(tmp / 'runs', args.steps); save()
@@ -176,8 +191,9 @@ def main():
         res['jpeg_write_seconds'] = time.perf_counter() - t0; save()
         if 'ref_e2e' in parts: res['reference_end_to_end'] = reference_end_to_end(root, args.steps, args.workers); save()
         if 'ours_e2e' in parts:
-            res['ours_end_to_end'] = ours(tmp / 'runs', 'e2e', None, data_path=str(root), fast_data=True,
-                                          cache_dir=str(tmp / 'cache'), probe_size=64); save()
+            data, prepare_s, n = fast_data(root, tmp / 'cache', workers=args.workers)
+            res['prepare_data'] = dict(seconds=prepare_s, images=n, images_per_s=n / prepare_s); save()
+            res['ours_end_to_end'] = ours(tmp / 'runs', 'e2e', data); save()
     if 'probe' in parts:
         from vitartifacts.config import Config
         ips = (res.get('ours_end_to_end') or res.get('ours_model_only') or {}).get('images_per_s', 10_000)

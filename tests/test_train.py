@@ -139,3 +139,28 @@ def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):
     assert len(read_metrics(run_dir)) == 1
     assert list((run_dir / 'wandb').glob('offline-run-*'))
     assert not [w for w in recwarn if 'wandb' in str(w.message)]
+
+
+def test_fast_data_trains_from_a_prepared_cache(tmp_path):
+    "fast_data: `vitartifacts prepare-data` caches an ImageFolder, and train augments it a batch at a time."
+    from PIL import Image
+    from vitartifacts.cli import main
+    for split, n in (('train', 16), ('val', 8)):
+        for c, color in enumerate(((200, 40, 40), (40, 40, 200))):
+            folder = tmp_path / 'folder' / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(n):
+                im = Image.new('RGB', (48 + 8 * (i % 3), 40), color)
+                im.paste((255, 255, 255), (4 * i % 30, 8, 4 * i % 30 + 10, 20))
+                im.save(folder / f'{i}.png')
+    assert main(['prepare-data', str(tmp_path / 'folder'), '--out', str(tmp_path / 'cache'), '--img_size', '32',
+                 '--num_workers', '0']) == 0
+    cfg = Config(size='tiny', img_size=32, patch_size=8, epochs=2, batch_size=8, warmup_epochs=0.5, probe_size=4,
+                 fast_data=True, data_path=str(tmp_path / 'cache'), wandb_mode='disabled', analysis_freq=1,
+                 runs_dir=str(tmp_path), run_name='fast')
+    run_dir = train(cfg)
+    lines = read_metrics(run_dir)
+    assert [l['step'] for l in lines] == [4, 8]          # 32 images, batch 8
+    assert all(0 <= l['val_acc1'] <= 1 for l in lines) and lines[-1]['val_loss'] > 0
+    from vitartifacts.store import ProbeStore
+    assert ProbeStore(run_dir).epochs == [0, 1, 2]

@@ -1,0 +1,112 @@
+"""Images per second per loader worker: our train pipeline against plain torchvision, on ImageNet-shaped JPEGs.
+
+Both read the same files (the synthetic 'imagenet' preset: ~500x375 JPEGs at quality 90, written once to the cache) with
+the same DeiT III train transform (RandomResizedCrop bicubic, flip, 3-Augment, ColorJitter 0.3, normalized tensor):
+- torchvision: `ImageFolder` (PIL decode at full size, convert to RGB) + a v2.Compose of the stock transforms;
+- ours: `vitartifacts.data.CheckedImageFolder` + `train_transform`, which decodes JPEGs at reduced size (PIL draft) when
+  the crop allows it, crops and resizes in one PIL call, and converts to a normalized tensor in one pass.
+
+Per-worker speed is measured in one process with one torch thread (what a DataLoader worker runs), the variants
+interleaved over several repeats so that changing load on the machine hits both alike; the median is reported. A
+DataLoader pass with several workers checks that the gain survives in a real loader.
+
+    .venv/bin/python bench/data_speed.py                 # img sizes 224 and 64, 5 repeats
+    .venv/bin/python bench/data_speed.py --img-size 224 --images 300 --repeats 7 --loader-workers 2
+"""
+import argparse, json, platform, random, statistics, sys, time
+from pathlib import Path
+
+import PIL, PIL.features, torch, torchvision, timm
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import InterpolationMode, v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vitartifacts import data as vd
+
+
+def torchvision_pipeline(img_size, scale=(0.08, 1.0), color_jitter=0.3):
+    "The same train transform written with torchvision's stock ops only."
+    return v2.Compose([
+        v2.RandomResizedCrop(img_size, scale=scale, interpolation=InterpolationMode.BICUBIC),
+        v2.RandomHorizontalFlip(),
+        vd.three_augment_transform(),
+        v2.ColorJitter(color_jitter, color_jitter, color_jitter),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(vd.IMAGENET_DEFAULT_MEAN, vd.IMAGENET_DEFAULT_STD)])
+
+
+def datasets(root, img_size):
+    classes = vd.check_imagefolder(root)
+    return {
+        'torchvision': ImageFolder(root / 'train', torchvision_pipeline(img_size)),
+        'ours': vd.CheckedImageFolder(root / 'train', classes, vd.train_transform(img_size), lazy_jpeg=True),
+    }
+
+
+def per_worker_rate(ds, indices, seed):
+    "Images/s of one process with one thread, over `indices`."
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    for i in indices: ds[i]
+    return len(indices) / (time.perf_counter() - t)
+
+
+def loader_rate(ds, indices, workers, batch_size=64):
+    "Images/s of a DataLoader with `workers` processes (worker start-up excluded: the first batch is not timed)."
+    dl = DataLoader(Subset(ds, indices), batch_size=batch_size, num_workers=workers, shuffle=False, prefetch_factor=4)
+    it = iter(dl); next(it)
+    t, n = time.perf_counter(), 0
+    for x, _ in it: n += len(x)
+    return n / (time.perf_counter() - t)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--img-size', type=int, nargs='+', default=[224, 64])
+    p.add_argument('--images', type=int, default=300, help='images per timed pass')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--loader-workers', type=int, default=2, help='workers of the DataLoader check (0: skip it)')
+    p.add_argument('--cache-dir', default='~/.cache/vitartifacts')
+    p.add_argument('--json', help='also write the results here')
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    t = time.time()
+    root = vd.synthetic_root(a.cache_dir, 'imagenet')
+    print(f"data: {root} ({time.time() - t:.0f} s to find or write)", flush=True)
+    results = []
+    for img_size in a.img_size:
+        dss = datasets(root, img_size)
+        n = len(dss['ours'])
+        indices = random.Random(0).sample(range(n), min(a.images, n))
+        rates = {k: [] for k in dss}
+        for r in range(a.repeats):
+            order = list(dss)
+            random.Random(r).shuffle(order)  # alternate who goes first
+            for k in order: rates[k].append(per_worker_rate(dss[k], indices, seed=r))
+        row = dict(img_size=img_size, images=len(indices), repeats=a.repeats,
+                   per_worker={k: statistics.median(v) for k, v in rates.items()},
+                   per_worker_all={k: [round(x, 1) for x in v] for k, v in rates.items()})
+        if a.loader_workers:
+            lr = {k: [] for k in ('torchvision', 'ours')}
+            for r in range(max(1, a.repeats // 2)):
+                for k in (('torchvision', 'ours') if r % 2 == 0 else ('ours', 'torchvision')):
+                    lr[k].append(loader_rate(dss[k], indices, a.loader_workers))
+            row['loader'] = {k: statistics.median(v) for k, v in lr.items()}
+            row['loader_workers'] = a.loader_workers
+        results.append(row)
+        base = row['per_worker']['torchvision']
+        print(f"\nimg_size {img_size}: images/s per worker (median of {a.repeats}, {len(indices)} images each)")
+        for k, v in row['per_worker'].items(): print(f"  {k:30s} {v:7.1f}  x{v / base:.2f}  {row['per_worker_all'][k]}")
+        if a.loader_workers:
+            print(f"  DataLoader, {a.loader_workers} workers: " + ', '.join(f"{k} {v:.1f} img/s" for k, v in row['loader'].items()))
+    env = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__, timm=timm.__version__,
+               pillow=PIL.__version__, libjpeg_turbo=PIL.features.check_feature('libjpeg_turbo'), cpu=platform.processor() or platform.machine(),
+               cores=len(__import__('os').sched_getaffinity(0)), command=' '.join(sys.argv))
+    print('\n' + json.dumps(env))
+    if a.json: Path(a.json).write_text(json.dumps(dict(env=env, results=results), indent=1))
+    return results
+
+
+if __name__ == '__main__':
+    main()

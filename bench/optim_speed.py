@@ -36,7 +36,9 @@ def main(argv=None):
     ap.add_argument('--steps', type=int, default=3, help='steps per timed round')
     ap.add_argument('--reps', type=int, default=5, help='timed rounds per variant (median reported)')
     ap.add_argument('--compile', action='store_true', help='also time the torch.compile variant')
+    ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
     args = ap.parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     model, name = vit_small()

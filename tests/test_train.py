@@ -106,19 +106,22 @@ def test_workflow_parameters_are_the_config():
 
 
 def test_workflow_notebook_trains_under_papermill(tmp_path):
-    "papermill runs the notebook with -p overrides and it trains into runs_dir/run_name."
+    "papermill runs the notebook with -p overrides: it trains on the embedded synthetic dataset into runs_dir/run_name."
     import papermill
     run_dir = tmp_path / 'pm'
     run_dir.mkdir()
     papermill.execute_notebook(
         str(WORKFLOW), str(run_dir / 'train.ipynb'), cwd=str(ROOT), progress_bar=False, kernel_name='python3',
-        parameters=dict(data_fn='vitartifacts.train:memory_data', img_size=32, epochs=2, batch_size=32, num_workers=0,
-                        wandb_mode='disabled', model='register', n_registers=2, runs_dir=str(tmp_path), run_name='pm'))
-    assert Config.load(run_dir / 'config.yaml').model == 'register'
-    assert [m['epoch'] for m in read_metrics(run_dir)] == [1, 2]
+        parameters=dict(img_size=32, epochs=1, num_workers=0, cache_dir=str(tmp_path / 'cache'), wandb_mode='disabled',
+                        model='register', n_registers=2, analysis_freq=1, runs_dir=str(tmp_path), run_name='pm'))
+    cfg = Config.load(run_dir / 'config.yaml')
+    assert (cfg.model, cfg.dataset, cfg.img_size) == ('register', 'synthetic', 32)  # the embedded dataset, via vitartifacts.data
+    assert [m['epoch'] for m in read_metrics(run_dir)] == [1]
     assert (run_dir / 'checkpoints' / 'final.safetensors').exists()
     out = nbformat.read(run_dir / 'train.ipynb', as_version=4)
     assert any('injected-parameters' in c.metadata.get('tags', []) for c in out.cells)
+    from vitartifacts.store import ProbeStore
+    assert ProbeStore(run_dir).epochs == [0, 1]
 
 
 def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):

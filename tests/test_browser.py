@@ -1,0 +1,178 @@
+"""The report and the explorer in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+- report.html: the page loads without script errors, moving the epoch slider changes the sink-share
+  heat map (and the other panels), a screenshot is kept.
+- JupyterLab: a server on 127.0.0.1 (free port, no token, its own runtime/config/settings folders)
+  opens a copy of nbs/workflows/explore.ipynb, runs all cells, the widgets render (no "Error
+  displaying widget", no "Failed to load model class"), moving a slider changes the figures, a
+  screenshot is kept, and the server is shut down.
+
+Screenshots go to the pytest temporary folder (printed; `pytest --basetemp DIR` keeps them in DIR).
+The tests skip only when chromium is missing outside CI; in CI (CI=true) they must run.
+"""
+import json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+        '--disable-sync', '--no-first-run']
+IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+if not Path(CHROMIUM).exists():
+    if IN_CI: raise RuntimeError(f"chromium is not installed ({CHROMIUM}); CI must run the browser tests: apt-get install chromium.")
+    pytest.skip("chromium is not installed (apt-get install chromium); the browser tests run in CI.", allow_module_level=True)
+
+
+@pytest.fixture(scope='module')
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def watch(page) -> list[str]:
+    "Collect the page's script errors."
+    errors = []
+    page.on('pageerror', lambda e: errors.append(f'page error: {e}'))
+    page.on('console', lambda m: errors.append(f'console {m.type}: {m.text}') if m.type == 'error' else None)
+    return errors
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def test_report_slider_moves_the_views(browser, tmp_path):
+    from vitartifacts.views import fabricate_run
+    from vitartifacts.report import report_command
+    shape = dict(n_epochs=21, depth=6, n_heads=3, n_images=8, grid=(8, 8), patch_size=8, num_classes=4)
+    runs = [fabricate_run(tmp_path / v, v, n_registers=2, **shape) for v in ('vanilla', 'register', 'gated')]
+    out = report_command([str(r) for r in runs], str(tmp_path / 'report.html'))
+    page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+    errors = watch(page)
+    page.goto(out.as_uri())
+    page.wait_for_function('Number(document.body.dataset.updates) >= 1', timeout=60_000)
+    read = lambda: page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')]
+                                       .filter(el => el.id).map(el => [el.id, JSON.stringify(el.data.map(t => [t.z, t.x, t.y, t.source]))]))""")
+    before, n = read(), int(page.evaluate('document.body.dataset.updates'))
+    assert {'sinks-0', 'overlay-0', 'cls-1', 'registers-1', 'ratio-all', 'hist-0'} <= set(before)
+    page.focus('#epoch')
+    page.keyboard.press('Home')                                   # the slider to the first epoch, as a user would
+    page.wait_for_function(f'Number(document.body.dataset.updates) > {n}', timeout=30_000)
+    assert page.eval_on_selector('#epoch', 'el => el.value') == '0'
+    after = read()
+    assert after['sinks-0'] != before['sinks-0'], 'the sink-share heat map did not follow the epoch slider'
+    for panel in ('overlay-0', 'overlay-1', 'cls-2', 'hist-0', 'layers-0', 'heads-0', 'ratio-all'):
+        assert after[panel] != before[panel], f'{panel} did not follow the epoch slider'
+    assert page.locator('#epoch-value').inner_text() == '0'
+    # the register run's details: the register maps of its probe image move with the layer slider
+    page.select_option('#run', '1')
+    page.focus('#layer'); page.keyboard.press('Home')
+    page.wait_for_function("document.getElementById('layer-value').textContent === '0'")
+    page.wait_for_timeout(300)
+    assert read()['registers-1'] != after['registers-1'], 'the register maps did not follow the layer slider'
+    assert page.locator('.run-details[data-run="1"]').is_visible() and not page.locator('.run-details[data-run="0"]').is_visible()
+    shot = tmp_path / 'report.png'
+    page.screenshot(path=str(shot), full_page=True)
+    print(f'report screenshot: {shot}')
+    assert errors == [], errors
+    page.close()
+
+
+# ---- JupyterLab -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture()
+def jupyterlab(tmp_path):
+    "A JupyterLab server on 127.0.0.1 serving a folder with a copy of explore.ipynb; shut down afterwards."
+    root, home = tmp_path / 'lab', tmp_path / 'jupyter'
+    root.mkdir()
+    shutil.copy(REPO / 'nbs' / 'workflows' / 'explore.ipynb', root / 'explore.ipynb')   # the repo's copy stays clean
+    settings = home / 'settings'
+    for plugin, values in {'@jupyterlab/notebook-extension/tracker': {'windowingMode': 'none'},       # every cell in the DOM
+                           '@jupyterlab/apputils-extension/notification': {'fetchNews': 'false', 'checkForUpdates': False}}.items():
+        p = settings / f'{plugin}.jupyterlab-settings'
+        p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(values))
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / 'config'), JUPYTER_RUNTIME_DIR=str(home / 'runtime'),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(home / 'workspaces'),
+               IPYTHONDIR=str(home / 'ipython'), PYTHONPATH=str(REPO))
+    port = free_port()
+    log = open(tmp_path / 'jupyterlab.log', 'w')
+    proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', '--ServerApp.ip=127.0.0.1',
+                             f'--ServerApp.port={port}', '--ServerApp.port_retries=0', "--IdentityProvider.token=",
+                             "--ServerApp.password=", f'--ServerApp.root_dir={root}', '--LabApp.news_url=None',
+                             '--ServerApp.open_browser=False'] + (['--allow-root'] if os.geteuid() == 0 else []), env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f'{url}/api/status', timeout=2): break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f'JupyterLab did not start: {(tmp_path / "jupyterlab.log").read_text()[-2000:]}')
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)                     # the server shuts its kernels down with it
+        try: proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        log.close()
+
+
+def test_explore_notebook_in_jupyterlab(browser, jupyterlab, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from vitartifacts.views import example_runs
+    example_runs(['vanilla'])                                # the notebook's run (trained once and cached, or the demo's)
+    page = browser.new_page(viewport={'width': 1500, 'height': 1100})
+    errors = watch(page)
+    page.goto(f'{jupyterlab}/lab/tree/explore.ipynb')
+    page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=90_000)
+    try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=15_000)   # JupyterLab may ask which kernel: the default
+    except PlaywrightTimeout: pass
+    page.wait_for_function("""() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator');
+                                      return s && s.getAttribute('data-status') === 'idle'; }""", timeout=90_000)
+    page.locator('.lm-MenuBar-itemLabel', has_text='Run').first.click()
+    page.locator('.lm-Menu-itemLabel', has_text='Run All Cells').first.click()
+    # every code cell has run: a number in its prompt, none busy
+    try:
+        page.wait_for_function("""() => { const ps = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
+                                          return ps.length > 0 && ps.every(p => /\\[\\d+\\]/.test(p.textContent)); }""", timeout=150_000)
+    except Exception:
+        page.screenshot(path=str(tmp_path / 'jupyterlab-failed.png'), full_page=True)
+        prompts = page.eval_on_selector_all('.jp-CodeCell .jp-InputArea-prompt', 'ps => ps.map(p => p.textContent)')
+        raise AssertionError(f'the notebook did not finish; prompts {prompts}; screenshot {tmp_path / "jupyterlab-failed.png"}; '
+                             f'page errors {errors}')
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 9", timeout=60_000)
+    titles = page.eval_on_selector_all('.js-plotly-plot', 'els => els.map(el => el.layout && el.layout.title && el.layout.title.text)')
+    assert any(t and t.startswith('image 0: norms') for t in titles) and any(t and t.startswith('CLS attention') for t in titles), titles
+    text = page.locator('.jp-Notebook').inner_text()
+    for bad in ('Error displaying widget', 'Failed to load model class', 'Traceback', 'Error:'):
+        assert bad not in text, f'{bad!r} in the notebook:\n{text[-3000:]}'
+    assert page.locator('.widget-slider, .widget-hslider').count() >= 3
+    read = lambda: page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+                                       .map(el => JSON.stringify((el.data || []).map(t => [t.z, t.x, t.y, t.source])))""")
+    before = read()
+    epoch = page.locator('.widget-hslider', has=page.locator('label', has_text='epoch')).first
+    epoch.locator('.noUi-handle').first.focus()
+    page.keyboard.press('Home')                              # the epoch slider to the first probe epoch
+    page.wait_for_function(f"""(before) => {{ const now = [...document.querySelectorAll('.js-plotly-plot')]
+                                   .map(el => JSON.stringify((el.data || []).map(t => [t.z, t.x, t.y, t.source])));
+                                   return now.filter((x, i) => x !== before[i]).length >= 5; }}""", arg=before, timeout=30_000)
+    changed = sum(a != b for a, b in zip(before, read()))
+    assert changed >= 5, f'only {changed} figures followed the epoch slider'
+    page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')]
+                                 .some(el => el.layout && el.layout.title && /^image \\d+: norms, ep 0,/.test(el.layout.title.text))""")
+    shot = tmp_path / 'jupyterlab.png'
+    page.locator('.js-plotly-plot').nth(3).scroll_into_view_if_needed()
+    page.screenshot(path=str(shot), full_page=True)
+    print(f'JupyterLab screenshot: {shot}')
+    assert not [e for e in errors if 'widget' in e.lower() or 'model class' in e.lower()], errors
+    page.close()

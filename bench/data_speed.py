@@ -6,12 +6,12 @@ the same DeiT III train transform (RandomResizedCrop bicubic, flip, 3-Augment, C
 - ours: `vitartifacts.data.CheckedImageFolder` + `train_transform`, which decodes JPEGs at reduced size (PIL draft) when
   the crop allows it, crops and resizes in one PIL call, and converts to a normalized tensor in one pass.
 
-Per-worker speed is measured in one process with one torch thread (what a DataLoader worker runs), the variants
-interleaved over several repeats so that changing load on the machine hits both alike; the median is reported. A
+Per-worker speed is measured in one process with one torch thread (what a DataLoader worker runs), the variants taking
+turns every 20 images so that changing load on the machine hits both alike; medians over several passes are reported. A
 DataLoader pass with several workers checks that the gain survives in a real loader.
 
     .venv/bin/python bench/data_speed.py                 # img sizes 224 and 64, 5 repeats
-    .venv/bin/python bench/data_speed.py --img-size 224 --images 300 --repeats 7 --loader-workers 2
+    .venv/bin/python bench/data_speed.py --img-size 224 --images 300 --repeats 7 --loader-workers 2 --loader-images 1200
 """
 import argparse, json, platform, random, statistics, sys, time
 from pathlib import Path
@@ -44,12 +44,21 @@ def datasets(root, img_size):
     }
 
 
-def per_worker_rate(ds, indices, seed):
-    "Images/s of one process with one thread, over `indices`."
-    torch.manual_seed(seed)
-    t = time.perf_counter()
-    for i in indices: ds[i]
-    return len(indices) / (time.perf_counter() - t)
+def interleaved_rates(dss, indices, repeats, chunk=20):
+    """Images/s of each variant in one process with one thread, per repeat. Within a repeat the variants take turns every
+    `chunk` images (and swap who goes first), so a change in the machine's load hits all of them alike."""
+    names = list(dss)
+    rates = {k: [] for k in names}
+    for r in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for c, start in enumerate(range(0, len(indices), chunk)):
+            for k in (names if (c + r) % 2 == 0 else names[::-1]):
+                torch.manual_seed(1000 * r + c)  # the same crops and augmentations for both
+                t = time.perf_counter()
+                for i in indices[start:start + chunk]: dss[k][i]
+                spent[k] += time.perf_counter() - t
+        for k in names: rates[k].append(len(indices) / spent[k])
+    return rates
 
 
 def loader_rate(ds, indices, workers, batch_size=64):
@@ -67,6 +76,7 @@ def main(argv=None):
     p.add_argument('--images', type=int, default=300, help='images per timed pass')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--loader-workers', type=int, default=2, help='workers of the DataLoader check (0: skip it)')
+    p.add_argument('--loader-images', type=int, default=1200, help='images per pass of the DataLoader check')
     p.add_argument('--cache-dir', default='~/.cache/vitartifacts')
     p.add_argument('--json', help='also write the results here')
     a = p.parse_args(argv)
@@ -79,27 +89,28 @@ def main(argv=None):
         dss = datasets(root, img_size)
         n = len(dss['ours'])
         indices = random.Random(0).sample(range(n), min(a.images, n))
-        rates = {k: [] for k in dss}
-        for r in range(a.repeats):
-            order = list(dss)
-            random.Random(r).shuffle(order)  # alternate who goes first
-            for k in order: rates[k].append(per_worker_rate(dss[k], indices, seed=r))
+        rates = interleaved_rates(dss, indices, a.repeats)
+        ratios = [o / t for o, t in zip(rates['ours'], rates['torchvision'])]
         row = dict(img_size=img_size, images=len(indices), repeats=a.repeats,
                    per_worker={k: statistics.median(v) for k, v in rates.items()},
-                   per_worker_all={k: [round(x, 1) for x in v] for k, v in rates.items()})
+                   per_worker_all={k: [round(x, 1) for x in v] for k, v in rates.items()},
+                   ratio=statistics.median(ratios), ratio_all=[round(x, 3) for x in ratios])
         if a.loader_workers:
             lr = {k: [] for k in ('torchvision', 'ours')}
-            for r in range(max(1, a.repeats // 2)):
+            loader_indices = random.Random(1).sample(range(n), min(a.loader_images, n))
+            for r in range(3):
                 for k in (('torchvision', 'ours') if r % 2 == 0 else ('ours', 'torchvision')):
-                    lr[k].append(loader_rate(dss[k], indices, a.loader_workers))
+                    lr[k].append(loader_rate(dss[k], loader_indices, a.loader_workers))
             row['loader'] = {k: statistics.median(v) for k, v in lr.items()}
-            row['loader_workers'] = a.loader_workers
+            row['loader_all'] = {k: [round(x, 1) for x in v] for k, v in lr.items()}
+            row['loader_workers'], row['loader_images'] = a.loader_workers, len(loader_indices)
         results.append(row)
-        base = row['per_worker']['torchvision']
-        print(f"\nimg_size {img_size}: images/s per worker (median of {a.repeats}, {len(indices)} images each)")
-        for k, v in row['per_worker'].items(): print(f"  {k:30s} {v:7.1f}  x{v / base:.2f}  {row['per_worker_all'][k]}")
+        print(f"\nimg_size {img_size}: images/s per worker (median of {a.repeats} passes of {len(indices)} images)")
+        for k, v in row['per_worker'].items(): print(f"  {k:12s} {v:7.1f}  {row['per_worker_all'][k]}")
+        print(f"  ours / torchvision: x{row['ratio']:.2f} (median of the passes' ratios {row['ratio_all']})")
         if a.loader_workers:
-            print(f"  DataLoader, {a.loader_workers} workers: " + ', '.join(f"{k} {v:.1f} img/s" for k, v in row['loader'].items()))
+            print(f"  DataLoader, {a.loader_workers} workers, {len(loader_indices)} images (median of 3): "
+                  + ', '.join(f"{k} {v:.1f} img/s {row['loader_all'][k]}" for k, v in row['loader'].items()))
     env = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__, timm=timm.__version__,
                pillow=PIL.__version__, libjpeg_turbo=PIL.features.check_feature('libjpeg_turbo'), cpu=platform.processor() or platform.machine(),
                cores=len(__import__('os').sched_getaffinity(0)), command=' '.join(sys.argv))

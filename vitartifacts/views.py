@@ -307,13 +307,14 @@ class RunView:
 
     # --- attention maps, cached per epoch ------------------------------------------------------------
     def attn_prefix(self, ei: int) -> np.ndarray:
-        "The stored (undecoded) prefix attention rows of epoch index `ei`: [depth, K, H, P, T], cached."
+        "The stored (undecoded) prefix attention rows of epoch index `ei`: [depth, K, H, P, T], cached by epoch."
+        e = self.epochs[ei]
         with self._lock:
-            if ei in self._attn:
-                self._attn.move_to_end(ei); return self._attn[ei]
-        a = _read_raw(self.store, self.epochs[ei], 'attn_prefix')
+            if e in self._attn:
+                self._attn.move_to_end(e); return self._attn[e]
+        a = _read_raw(self.store, e, 'attn_prefix')
         with self._lock:
-            self._attn[ei] = a
+            self._attn[e] = a
             while len(self._attn) > 1 and sum(x.nbytes for x in self._attn.values()) > self.cache_mb * 2**20:
                 self._attn.popitem(last=False)
         return a

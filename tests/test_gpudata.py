@@ -75,6 +75,11 @@ def test_matmul_resampling_and_bf16_output(tmp_path):
     bag = BatchAugment(method='bag').apply(images, widths, transposed, params)
     mm = BatchAugment(method='matmul').apply(images, widths, transposed, params)
     torch.testing.assert_close(mm, bag, atol=1e-4, rtol=0)
+    for dtype in (torch.float16, torch.bfloat16):      # half-precision resampling, as on a GPU's tensor cores
+        half = BatchAugment(method='matmul', resample_dtype=dtype).apply(images, widths, transposed, params)
+        # float16 within half a grey level of float32 (seen: 0.24), bfloat16 (8-bit mantissa) within 3 (seen: 2.0)
+        levels = 0.5 if dtype == torch.float16 else 3.0
+        torch.testing.assert_close(half, bag, atol=levels / 255 / 0.224, rtol=0)
     bf = BatchAugment(out_dtype=torch.bfloat16).apply(images, widths, transposed, params)
     assert bf.dtype == torch.bfloat16
     torch.testing.assert_close(bf.float(), bag, atol=0.05, rtol=0.01)

@@ -99,7 +99,8 @@ def cached_data(cfg: Config, device: torch.device) -> Data:
     common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed)
     train_loader = g.CachedLoader(train_cache, cfg.batch_size, augment=augment, mixup=mixup, **common)
     val_loader = g.CachedLoader(val_cache, cfg.batch_size, shuffle=False, drop_last=False, **common)
-    idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(val_cache))[:cfg.probe_size])  # a fixed, seeded probe set
+    from vitartifacts.data import probe_indices
+    idx = probe_indices(len(val_cache), min(cfg.probe_size, len(val_cache))).numpy()  # the PIL path's probe set: same in every run
     images, widths, transposed = val_cache.batch(idx, device)
     probe_images = g.center_crop_batch(images, widths, transposed, cfg.img_size)
     return Data(train_loader, val_loader, num_classes, None, probe_images, val_cache.labels[idx])

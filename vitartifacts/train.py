@@ -62,12 +62,10 @@ def memory_data(cfg: Config, n_train: int = 512, n_val: int = 128, num_classes: 
 
 
 def mixup_fn(cfg: Config, num_classes: int):
-    "timm's Mixup/CutMix with the config's settings, or `None` when both are off."
-    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0: return None
-    from timm.data import Mixup
-    return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=1.0,
-                 switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
-                 num_classes=num_classes)
+    "The data module's Mixup/CutMix (timm's) with the config's settings; label smoothing alone when both are off."
+    from vitartifacts.data import build_mixup
+    return build_mixup(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_switch_prob, cfg.mixup_mode,
+                       cfg.smoothing)
 
 
 def build_data(cfg: Config, device: torch.device | None = None) -> Data:

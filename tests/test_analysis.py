@@ -45,7 +45,7 @@ def test_the_training_run_writes_a_whole_store(run_dir):
     np.testing.assert_allclose(d['attn_prefix'].sum(-1), 1, atol=5e-3)     # rows of probabilities (fp16)
     assert store.images().shape == (8, 64, 64, 3) and store.images().dtype == np.uint8
     assert store.labels is not None and len(store.labels) == 8
-    size = store._epoch_path(3).stat().st_size
+    size = store.epoch_path(3).stat().st_size
     assert size <= epoch_nbytes(depth, 8, 19, H, 3) + 40_000
 
 

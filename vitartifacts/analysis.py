@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_analysis.ipynb #63e1cc1f
 from __future__ import annotations
-import json, math
+import hashlib, json, math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .probe import ProbeResult, TokenLayout, probe
-from .store import ProbeStore, _np
+from .store import ProbeStore, _np, atomic_write_json
 
 # %% auto #0
 __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff',
@@ -22,8 +22,9 @@ __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms
            'outlier_norm_ratio', 'outlier_table', 'prefix_maps', 'cls_maps', 'register_maps', 'attention_rollout',
            'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share', 'sink_share', 'SinkRate',
            'sink_rate', 'massive_table', 'patch_embeddings', 'neighbour_similarity', 'outlier_redundancy',
-           'position_probe', 'outliers_over_epochs', 'sinks_over_epochs', 'run_summary', 'compare_runs',
-           'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set', 'probe_command']
+           'position_probe', 'outlier_cache_path', 'outliers_over_epochs', 'sinks_over_epochs', 'run_summary',
+           'compare_runs', 'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set',
+           'probe_command']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -339,11 +340,36 @@ def position_probe(patch_tokens, mask, grid: tuple[int, int], train_frac: float 
                 n_normal=int((~test_mask).sum()), n_outlier=int(test_mask.sum()), chance=1 / N)
 
 # %% ../nbs/07_analysis.ipynb #4fa3de71
-def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: list[int] | None = None, **kwargs) -> pd.DataFrame:
-    "`outlier_table` of every stored epoch, with an epoch column."
-    layout = store.layout
-    return pd.concat([outlier_table(store.load(e, ['norms'])['norms'], layout, detector, **kwargs).assign(epoch=e)
-                      for e in (store.epochs if epochs is None else epochs)], ignore_index=True)
+def outlier_cache_path(store: ProbeStore, detector: str, **kwargs) -> Path:
+    "Where `outliers_over_epochs` keeps the tables of `detector` with settings `kwargs` for this run."
+    key = json.dumps(dict(detector=detector, **kwargs), sort_keys=True, default=str)
+    return store.run_dir / '.analysis_cache' / f"outliers-{detector}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+
+
+def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: list[int] | None = None,
+                         cache: bool = True, **kwargs) -> pd.DataFrame:
+    """`outlier_table` of every stored epoch, with an epoch column.
+    With `cache`, each epoch's table is kept in `run_dir/.analysis_cache/` under the detector, its settings and the
+    epoch file's size and time: later calls (another `compare_runs`, the report) read it instead of refitting, and an
+    epoch written again is refitted. A run folder that cannot be written to is analysed without the cache."""
+    layout, epochs = store.layout, store.epochs if epochs is None else list(epochs)
+    path = outlier_cache_path(store, detector, **kwargs) if cache else None
+    try: memo = json.loads(path.read_text()) if path and path.exists() else {}
+    except (OSError, ValueError): memo = {}               # unreadable or damaged: recompute
+    tables, fresh = [], False
+    for e in epochs:
+        st = store.epoch_path(e).stat()
+        stamp, hit = [st.st_size, st.st_mtime_ns], memo.get(str(e))
+        if hit is not None and hit.get('stamp') == stamp: t = pd.DataFrame(hit['table']).astype(hit['dtypes'])
+        else:
+            t = outlier_table(store.load(e, ['norms'])['norms'], layout, detector, **kwargs)
+            memo[str(e)] = dict(stamp=stamp, table={c: t[c].tolist() for c in t}, dtypes={c: str(t[c].dtype) for c in t})
+            fresh = True
+        tables.append(t.assign(epoch=e))
+    if path is not None and fresh:
+        try: path.parent.mkdir(exist_ok=True); atomic_write_json(path, memo)
+        except OSError: pass                              # a read-only run folder: no cache, same answer
+    return pd.concat(tables, ignore_index=True)
 
 
 def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, threshold: float = 0.3) -> pd.DataFrame:

@@ -568,7 +568,7 @@ def default_num_workers() -> int:
 def build_loaders(train_set, val_set, batch_size=256, num_workers=None, seed=0, repeated_aug=False, num_repeats=3,
                   distributed=None, pin_memory=None, persistent_workers=True, prefetch_factor=2, val_batch_size=None):
     """Train and val DataLoaders. Train: shuffled by (seed, epoch), full batches only (drop_last), a DistributedSampler
-    under torch.distributed, or timm's RepeatAugSampler with `repeated_aug`. Val: in order, split across processes."""
+    under torch.distributed, or timm's RepeatAugSampler with `repeated_aug`. Val: in order, split across processes without repeats."""
     running = dist.is_available() and dist.is_initialized()
     distributed = running if distributed is None else distributed
     if distributed and not running:
@@ -588,7 +588,8 @@ def build_loaders(train_set, val_set, batch_size=256, num_workers=None, seed=0, 
     if num_workers > 0: workers.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
     train_loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
                               generator=torch.Generator().manual_seed(seed + 7919 * rank), **workers)  # seeds the workers' augmentations
-    val_sampler = DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False) if distributed else None
+    # val: every image exactly once over all processes (DistributedSampler would pad the last shard with repeats)
+    val_sampler = range(rank, len(val_set), world) if distributed else None
     val_loader = DataLoader(val_set, batch_size=val_batch_size or batch_size, sampler=val_sampler, shuffle=False, drop_last=False, **workers)
     return train_loader, val_loader
 

@@ -541,7 +541,10 @@ class CachedLoader:
     @property
     def sampler(self): return self                 # so a trainer's `loader.sampler.set_epoch(e)` reaches us
 
-    def _per_rank(self) -> int: return len(self.cache) // self.world_size
+    def _per_rank(self) -> int:
+        "Images this process takes per epoch: an equal share for training (drop_last), all of its shard otherwise."
+        n = len(self.cache)
+        return n // self.world_size if self.drop_last else len(range(self.rank, n, self.world_size))
     def __len__(self):
         n = self._per_rank()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
@@ -554,6 +557,7 @@ class CachedLoader:
         "This process's sample order in `epoch`."
         n = len(self.cache)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if not self.drop_last: return order[self.rank::self.world_size]   # evaluation: every image once over all processes
         return order[:self._per_rank() * self.world_size][self.rank::self.world_size]
 
     def state_dict(self) -> dict: return dict(epoch=self.epoch, step=self.step, seed=self.seed)

@@ -91,7 +91,10 @@ class ProbeStore:
 
     def __repr__(self): return f"ProbeStore({str(self.run_dir)!r}, epochs={self.epochs})"
 
-    def _epoch_path(self, epoch: int) -> Path: return self.root / f'epoch_{epoch:06d}.npz'
+    def epoch_path(self, epoch: int) -> Path:
+        "The file of probe epoch `epoch` (it may not exist yet)."
+        return self.root / f'epoch_{int(epoch):06d}.npz'
+
     def weights_path(self, epoch: int) -> Path | None:
         "The weights file stored at `epoch`, or None."
         p = self.root / 'weights' / f'epoch_{epoch:06d}.safetensors'
@@ -172,7 +175,7 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
         blob = save(_state_dict(weights), metadata={'epoch': str(epoch)})
         atomic_write(self.root / 'weights' / f'epoch_{epoch:06d}.safetensors', lambda f: f.write(blob))
     # the epoch file last: once it is listed, everything it refers to is in place
-    return atomic_write(self._epoch_path(epoch), lambda f: np.savez(f, **arrays))
+    return atomic_write(self.epoch_path(epoch), lambda f: np.savez(f, **arrays))
 
 ProbeStore.append = _append
 
@@ -184,15 +187,17 @@ def _decode(key: str, a: np.ndarray):
     return a.astype(np.float32) if a.dtype == np.float16 else a
 
 
-def _load(self: ProbeStore, epoch: int, keys: list[str] | None = None) -> dict:
-    "The arrays stored for `epoch` (all, or only `keys`): norms, attn_prefix, attn_received, massive_*, logits, epoch, time."
-    p = self._epoch_path(int(epoch))
+def _load(self: ProbeStore, epoch: int, keys: list[str] | None = None, raw: bool = False) -> dict:
+    """The arrays stored for `epoch` (all, or only `keys`): norms, attn_prefix, attn_received, massive_*, logits, epoch, time.
+    `raw=True` returns them as written (float16 stays float16, attention stays in its stored format for `decode_attention`),
+    which is how a viewer keeps many epochs in memory and decodes only the slice it shows."""
+    p = self.epoch_path(epoch)
     if not p.exists():
         raise FileNotFoundError(f"{self.root} holds no probe epoch {epoch}; stored epochs: {self.epochs}.")
     with np.load(p, allow_pickle=False) as z:       # a zip: only the arrays asked for are read
         missing = set(keys or ()) - set(z.files)
         if missing: raise KeyError(f"{sorted(missing)[0]!r} is not a stored array; stored: {', '.join(z.files)}.")
-        return {k: _decode(k, z[k]) for k in (keys or z.files) if k != 'layout'}
+        return {k: z[k] if raw else _decode(k, z[k]) for k in (keys or z.files) if k != 'layout'}
 
 
 def _read(self: ProbeStore, key: str, epochs: list[int] | None = None) -> np.ndarray:

@@ -158,7 +158,7 @@ _CACHE_VERSION = 1
 
 def _read_raw(store: ProbeStore, epoch: int, key: str) -> np.ndarray:
     "One stored array of one epoch as written (float16 or log8 attention stays undecoded, so a view decodes only the slice it shows)."
-    with np.load(store._epoch_path(int(epoch)), allow_pickle=False) as z: return z[key]
+    return store.load(epoch, [key], raw=True)[key]
 
 
 def _read_settings(run_dir: Path) -> dict:
@@ -238,7 +238,7 @@ class RunView:
 
     # --- reading and summarising -------------------------------------------------------------------
     def _stamp(self, e: int) -> list[int]:
-        st = self.store._epoch_path(e).stat()
+        st = self.store.epoch_path(e).stat()
         return [st.st_size, st.st_mtime_ns]
 
     def _load_cache(self, stamps: dict) -> dict:

@@ -167,3 +167,11 @@ def test_fast_data_trains_from_a_prepared_cache(tmp_path):
     assert all(0 <= l['val_acc1'] <= 1 for l in lines) and lines[-1]['val_loss'] > 0
     from vitartifacts.store import ProbeStore
     assert ProbeStore(run_dir).epochs == [0, 1, 2]
+    # the GPU speed settings run on the CPU too and train the same run to the same numbers within float rounding:
+    # the matmul patch embedding (same weights) and the matmul resampling (float32 here; matmul-fp16 is for tensor cores)
+    fast = Config(**{**cfg.__dict__, 'run_name': 'fast-matmul', 'patch_embed': 'linear', 'augment_kernel': 'matmul'})
+    other = read_metrics(train(fast))
+    for a, b in zip(lines, other):
+        assert abs(a['train_loss'] - b['train_loss']) < 1e-3 and abs(a['val_loss'] - b['val_loss']) < 1e-3, (a, b)
+    half = read_metrics(train(Config(**{**cfg.__dict__, 'run_name': 'fast-fp16', 'augment_kernel': 'matmul-fp16'})))
+    assert abs(half[-1]['train_loss'] - lines[-1]['train_loss']) < 2e-2

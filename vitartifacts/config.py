@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO',
-           'setting', 'Config', 'setting_names', 'setting_help', 'atomic_write_text', 'holds_run', 'check_run_dir',
-           'add_arguments', 'demo_config', 'from_namespace', 'parameters_cell']
+__all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
+           'AUGMENT_KERNELS', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config', 'setting_names',
+           'setting_help', 'atomic_write_text', 'holds_run', 'check_run_dir', 'add_arguments', 'demo_config',
+           'from_namespace', 'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -23,6 +24,9 @@ GATES = ('elementwise', 'headwise')
 DATASETS = ('synthetic', 'imagefolder', 'fashion-mnist')
 WANDB_MODES = ('disabled', 'offline', 'online')
 PRECISIONS = ('bf16', 'fp16', 'fp32')
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+PATCH_EMBEDS = ('conv', 'linear')
+AUGMENT_KERNELS = ('bag', 'matmul', 'matmul-fp16')
 MIXUP_MODES = ('batch', 'pair', 'elem')
 
 def setting(default, help: str, choices: tuple | None = None):
@@ -70,7 +74,12 @@ class Config:
     betas: list = setting([0.9, 0.999], "LAMB betas")
     clip_grad: float = setting(1.0, "gradient clipping max norm (0 turns it off)")
     precision: str = setting('bf16', "autocast dtype on CUDA (CPU and MPS always run fp32)", PRECISIONS)
-    compile: bool = setting(False, "torch.compile the model")
+    compile: bool = setting(False, "torch.compile the model (and, with fast_data on CUDA, the augmentation's pixel ops)")
+    compile_mode: str = setting('default', "torch.compile mode; max-autotune searches GEMM configs (minutes), "
+                                "reduce-overhead adds CUDA graphs", COMPILE_MODES)
+    patch_embed: str = setting('conv', "patch embedding as timm's strided conv or as one matmul (same weights)", PATCH_EMBEDS)
+    augment_kernel: str = setting('bag', "fast_data resampling: embedding_bag passes, or batched matmuls (matmul-fp16: "
+                                  "half precision, within 0.25 grey levels)", AUGMENT_KERNELS)
     device: str = setting('auto', "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     deterministic: bool = setting(False, "deterministic algorithms (bit-exact resume on CPU)")
     seed: int = setting(0, "seed of every random number generator")
@@ -93,7 +102,7 @@ class Config:
     def __post_init__(self): _validate(self)
 
 # %% ../nbs/00_config.ipynb #bab5625d
-RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'device', 'nproc', 'resume', 'overwrite', 'epochs',
+RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'device', 'nproc', 'resume', 'overwrite', 'epochs',
                     'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
                     'cache_dir', 'data_path', 'data_fn', 'skip_corrupt')
 

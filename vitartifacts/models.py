@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 import timm
-from timm.layers import Attention
+from timm.layers import Attention, Format, PatchEmbed
+import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 # %% auto #0
-__all__ = ['SIZES', 'VARIANTS', 'GATES', 'MAX_REGISTERS', 'HeadwiseGate', 'GatedAttention', 'HeadwiseGatedAttention',
-           'create_model', 'load_weights']
+__all__ = ['SIZES', 'VARIANTS', 'GATES', 'MAX_REGISTERS', 'PATCH_EMBEDS', 'HeadwiseGate', 'GatedAttention',
+           'HeadwiseGatedAttention', 'LinearPatchEmbed', 'create_model', 'load_weights']
 
 # %% ../nbs/01_models.ipynb #dae9d5d0
 SIZES = {
@@ -56,6 +57,22 @@ class HeadwiseGatedAttention(GatedAttention):
     def __init__(self, dim: int, num_heads: int = 8, **kwargs):
         super().__init__(dim, num_heads=num_heads, gate='headwise', **kwargs)
 
+# %% ../nbs/01_models.ipynb #74efe19b
+PATCH_EMBEDS = ('conv', 'linear')
+
+class LinearPatchEmbed(PatchEmbed):
+    "timm's `PatchEmbed` computed as patches times the flattened kernel (one GEMM) instead of a strided convolution."
+    def forward(self, x):
+        if self.dynamic_img_pad or not (self.flatten or self.output_fmt == Format.NHWC): return super().forward(x)
+        B, C, H, W = x.shape
+        (p, q), (h, w) = self.patch_size, (H // self.patch_size[0], W // self.patch_size[1])
+        if self.img_size is not None and self.strict_img_size:
+            torch._assert((H, W) == tuple(self.img_size), f"Input size ({H}, {W}) doesn't match model {tuple(self.img_size)}.")
+        torch._assert(H % p == 0 and W % q == 0, f"Input size ({H}, {W}) is not divisible by the patch size {(p, q)}.")
+        x = x.reshape(B, C, h, p, w, q).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * p * q)   # patches, (C, p, q) order
+        x = F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+        return self.norm(x if self.flatten else x.view(B, h, w, -1))
+
 # %% ../nbs/01_models.ipynb #02d5caa2
 def _check_args(variant, size, n_registers, gate, img_size, patch_size):
     "Raise one clear error for the first bad argument."
@@ -82,14 +99,18 @@ def create_model(
     gate: str = 'elementwise',     # gated variant: 'elementwise' or 'headwise'
     drop_path_rate: float = 0.05,  # stochastic depth (DeiT III ViT-S: 0.05)
     init_values: float = 1e-4,     # LayerScale init (DeiT III: 1e-4)
+    patch_embed: str = 'conv',     # 'conv' (timm's PatchEmbed) or 'linear' (LinearPatchEmbed: same weights, one GEMM)
     **timm_kwargs,                 # anything else VisionTransformer takes
 ) -> VisionTransformer:
     "A DeiT III ViT of `variant` and `size`, built from timm's `VisionTransformer`."
     _check_args(variant, size, n_registers, gate, img_size, patch_size)
+    if patch_embed not in PATCH_EMBEDS:
+        raise ValueError(f"patch_embed={patch_embed!r} is not a patch embedding; choose one of {', '.join(PATCH_EMBEDS)}.")
     kwargs = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, qkv_bias=True,
                   no_embed_class=True, init_values=init_values, drop_path_rate=drop_path_rate,
                   **SIZES[size])
     if variant == 'register': kwargs['reg_tokens'] = n_registers
+    if patch_embed == 'linear': kwargs['embed_layer'] = LinearPatchEmbed
     if variant == 'gated': kwargs['attn_layer'] = HeadwiseGatedAttention if gate == 'headwise' else GatedAttention
     kwargs.update(timm_kwargs)
     model = VisionTransformer(**kwargs)

@@ -91,10 +91,16 @@ def cached_data(cfg: Config, device: torch.device) -> Data:
     on_device = device if device.type == 'cuda' else None  # a GPU holds the whole cache; the CPU maps it from disk
     train_cache, val_cache = g.ImageCache.load(root / 'train', on_device), g.ImageCache.load(root / 'val', on_device)
     num_classes = len(train_cache.classes)
-    augment = g.BatchAugment(img_size=cfg.img_size, three_augment=cfg.three_augment, color_jitter=cfg.color_jitter)
+    cuda = device.type == 'cuda'
+    out_dtype = torch.bfloat16 if cuda and cfg.precision == 'bf16' else torch.float32   # what autocast would cast to anyway
+    kernel = dict(method='bag' if cfg.augment_kernel == 'bag' else 'matmul',
+                  resample_dtype=torch.float16 if cfg.augment_kernel == 'matmul-fp16' else torch.float32)
+    augment = g.BatchAugment(img_size=cfg.img_size, three_augment=cfg.three_augment, color_jitter=cfg.color_jitter,
+                             out_dtype=out_dtype, compile=cfg.compile and cuda, **kernel)
     mixup = g.BatchMixup(cfg.mixup_alpha, cfg.cutmix_alpha, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                         label_smoothing=cfg.smoothing, num_classes=num_classes) if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0 else None
-    common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed)
+                         label_smoothing=cfg.smoothing, num_classes=num_classes, compile=cfg.compile and cuda) \
+        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0 else None
+    common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed, out_dtype=out_dtype)
     train_loader = g.CachedLoader(train_cache, cfg.batch_size, augment=augment, mixup=mixup, **common)
     val_loader = g.CachedLoader(val_cache, cfg.batch_size, shuffle=False, drop_last=False, **common)
     from vitartifacts.data import probe_indices
@@ -109,7 +115,7 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     from vitartifacts.models import create_model
     return create_model(cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size,
                         patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                        drop_path_rate=cfg.drop_path_rate)
+                        drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -526,7 +532,7 @@ def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     model = raw_model
     if dev.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.device] if dev.device.type == 'cuda' else None)
-    if cfg.compile: model = torch.compile(model)
+    if cfg.compile: model = torch.compile(model, mode=None if cfg.compile_mode == 'default' else cfg.compile_mode)
     run.trackers = Trackers(cfg, run_dir, wandb_id) if dev.is_main else None
     run.save_latest = lambda p: save_checkpoint(raw_model, run, p)
     return run, data, raw_model, model, progress, rng_now

@@ -10,6 +10,7 @@ The end-to-end data is the ImageNet-shaped synthetic JPEG preset (about 500x375,
 MFU counts 27.7 GFLOP per training image against 790 TFLOP/s of dense bf16 (an H100/H200's measured rate).
 
     python bench/gpu_speed.py --out bench/out/gpu_speed.json [--steps 40] [--images_per_class 100]
+    python bench/gpu_speed.py --only ours_model,ours_e2e --set compile_mode=max-autotune-no-cudagraphs --set patch_embed=linear
 """
 from __future__ import annotations
 import argparse, contextlib, json, os, statistics, sys, tempfile, time
@@ -123,27 +124,19 @@ def ours(run_root, name, steps_per_epoch_data, epochs=3, **settings):
     return dict(images_per_s=ips, mfu=mfu(ips), peak_gib=peak_gib(), per_epoch=[l['images_per_s'] for l in m])
 
 
-def ours_model_only(run_root, steps):
+def ours_model_only(run_root, steps, overrides):
     from vitartifacts.train import Data
     from vitartifacts.gpudata import BatchMixup
     data = Data(gpu_batches(steps), gpu_batches(2), 100, BatchMixup(num_classes=100))
-    return ours(run_root, 'model_only', data)
+    return ours(run_root, 'model_only', data, **overrides)
 
 
-def fast_data(root, cache_root, batch_size=256, workers=None):
-    "Data for `train` from the uint8 cache on the GPU, augmented and mixed there (what setting fast_data builds)."
-    from vitartifacts.gpudata import prepare_data_command, ImageCache, BatchAugment, BatchMixup, CachedLoader
-    from vitartifacts.train import Data
+def fast_data_cache(root, cache_root, workers=None):
+    "`vitartifacts prepare-data`: the uint8 cache `train` reads with fast_data (decoded once; the time is reported)."
+    from vitartifacts.gpudata import prepare_data_command, ImageCache
     t0 = time.perf_counter()
     out = prepare_data_command(root, Path(cache_root) / 'uint8', img_size=224, num_workers=workers)
-    prepare_s = time.perf_counter() - t0
-    train_cache, val_cache = ImageCache.load(out / 'train', 'cuda'), ImageCache.load(out / 'val', 'cuda')
-    n_cls = len(train_cache.classes)
-    train_loader = CachedLoader(train_cache, batch_size, 'cuda', BatchAugment(224, out_dtype=torch.bfloat16),
-                                BatchMixup(num_classes=n_cls), img_size=224, out_dtype=torch.bfloat16)
-    val_loader = CachedLoader(val_cache, batch_size, 'cuda', None, None, shuffle=False, drop_last=False, img_size=224)
-    already_mixed = lambda images, targets: (images, targets)
-    return Data(train_loader, val_loader, n_cls, already_mixed), prepare_s, len(train_cache)
+    return out, time.perf_counter() - t0, len(ImageCache.load(out / 'train'))
 
 
 def probe_cost(run_root, epoch_seconds, analysis_freq):
@@ -172,17 +165,22 @@ def main():
     ap.add_argument('--images_per_class', type=int, default=100, help='synthetic JPEGs per class (100 classes)')
     ap.add_argument('--workers', type=int, default=os.cpu_count())
     ap.add_argument('--only', default='', help='comma list of parts: ref_model,ours_model,ref_e2e,ours_e2e,probe')
+    ap.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
+                    help="a training setting for our runs, e.g. compile_mode=max-autotune or augment_kernel=matmul-fp16 (repeatable)")
     args = ap.parse_args()
+    from vitartifacts.config import Config
+    overrides = dict(kv.split('=', 1) for kv in args.set)
+    Config(**{k: v for k, v in overrides.items()})   # fail now, not after the reference runs, on a bad name or value
     parts = set(args.only.split(',')) if args.only else {'ref_model', 'ours_model', 'ref_e2e', 'ours_e2e', 'probe'}
     import timm, torchvision
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, torchvision=torchvision.__version__,
-               timm=timm.__version__, batch=256, cpus=os.cpu_count())
+               timm=timm.__version__, batch=256, cpus=os.cpu_count(), command=' '.join(sys.argv), settings=overrides)
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     def save(): out.write_text(json.dumps(res, indent=1)); print(json.dumps(res), flush=True)
     print("parts:", sorted(parts), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix='gpu_speed_'))
     if 'ref_model' in parts: res['reference_model_only'] = reference_model_only(args.steps); save()
-    if 'ours_model' in parts: res['ours_model_only'] = ours_model_only(tmp / 'runs', args.steps); save()
+    if 'ours_model' in parts: res['ours_model_only'] = ours_model_only(tmp / 'runs', args.steps, overrides); save()
     if parts & {'ref_e2e', 'ours_e2e'}:
         from vitartifacts.data import synthetic_root
         t0 = time.perf_counter()
@@ -191,9 +189,9 @@ def main():
         res['jpeg_write_seconds'] = time.perf_counter() - t0; save()
         if 'ref_e2e' in parts: res['reference_end_to_end'] = reference_end_to_end(root, args.steps, args.workers); save()
         if 'ours_e2e' in parts:
-            data, prepare_s, n = fast_data(root, tmp / 'cache', workers=args.workers)
+            cache, prepare_s, n = fast_data_cache(root, tmp / 'cache', workers=args.workers)
             res['prepare_data'] = dict(seconds=prepare_s, images=n, images_per_s=n / prepare_s); save()
-            res['ours_end_to_end'] = ours(tmp / 'runs', 'e2e', data); save()
+            res['ours_end_to_end'] = ours(tmp / 'runs', 'e2e', None, fast_data=True, data_path=str(cache), **overrides); save()
     if 'probe' in parts:
         from vitartifacts.config import Config
         ips = (res.get('ours_end_to_end') or res.get('ours_model_only') or {}).get('images_per_s', 10_000)

@@ -529,12 +529,14 @@ class CachedLoader:
     "Batches of an `ImageCache` augmented on `device`: (images, soft targets or class indices), resumable by position."
     def __init__(self, cache: ImageCache, batch_size: int, device='cpu', augment: BatchAugment | None = None,
                  mixup: BatchMixup | None = None, shuffle: bool = True, drop_last: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, img_size: int = 224, out_dtype: torch.dtype = torch.float32):
+                 rank: int = 0, world_size: int = 1, img_size: int = 224, out_dtype: torch.dtype = torch.float32,
+                 prefetch: bool | None = None):   # make batch n+1 while n trains (on a side CUDA stream); None: on CUDA
         if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if not 0 <= rank < world_size: raise ValueError(f"rank={rank} must lie in [0, world_size={world_size}).")
         self.cache, self.batch_size, self.device = cache, batch_size, torch.device(device)
         self.augment, self.mixup, self.shuffle, self.drop_last = augment, mixup, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.img_size, self.out_dtype = seed, rank, world_size, img_size, out_dtype
+        self.prefetch = self.device.type == 'cuda' if prefetch is None else prefetch
         self.epoch, self.step = 0, 0
         if len(self) == 0: raise ValueError(f"The cache of {len(cache)} images gives no batch of {batch_size} per process.")
 
@@ -580,11 +582,22 @@ class CachedLoader:
         return x.to(self.out_dtype), targets
 
     def __iter__(self):
-        epoch = self.epoch
-        while self.step < len(self):
+        epoch, n = self.epoch, len(self)
+        stream = torch.cuda.Stream(self.device) if self.prefetch and self.device.type == 'cuda' else None
+        def make(step):
+            if stream is None: return self.batch(epoch, step)
+            with torch.cuda.stream(stream): return self.batch(epoch, step)
+        ahead = make(self.step) if self.prefetch and self.step < n else None
+        while self.step < n:
             step = self.step
+            out = ahead if ahead is not None else make(step)
+            if stream is not None:   # the training stream waits for the batch, and keeps its memory until done with it
+                main = torch.cuda.current_stream(self.device)
+                main.wait_stream(stream)
+                for t in out: t.record_stream(main)
             self.step += 1           # the state after this batch: a checkpoint taken now resumes with the next one
-            yield self.batch(epoch, step)
+            ahead = make(self.step) if self.prefetch and self.step < n else None   # queued before this step's work
+            yield out
         self.epoch, self.step = epoch + 1, 0
 
 # %% ../nbs/03a_gpudata.ipynb #89968537

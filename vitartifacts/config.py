@@ -102,8 +102,8 @@ class Config:
     def __post_init__(self): _validate(self)
 
 # %% ../nbs/00_config.ipynb #bab5625d
-RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'device', 'nproc', 'resume', 'overwrite', 'epochs',
-                    'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
+RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'device',
+                    'nproc', 'resume', 'overwrite', 'epochs', 'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
                     'cache_dir', 'data_path', 'data_fn', 'skip_corrupt')
 
 def setting_names() -> list[str]:

@@ -69,8 +69,8 @@ class LinearPatchEmbed(PatchEmbed):
         if self.img_size is not None and self.strict_img_size:
             torch._assert((H, W) == tuple(self.img_size), f"Input size ({H}, {W}) doesn't match model {tuple(self.img_size)}.")
         torch._assert(H % p == 0 and W % q == 0, f"Input size ({H}, {W}) is not divisible by the patch size {(p, q)}.")
-        x = x.reshape(B, C, h, p, w, q).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * p * q)   # patches, (C, p, q) order
-        x = F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+        x = x.reshape(B, C, h, p, w, q).permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * p * q)   # B, N, C*p*q: patches, kernel order
+        x = F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)   # B, N, D
         return self.norm(x if self.flatten else x.view(B, h, w, -1))
 
 # %% ../nbs/01_models.ipynb #02d5caa2

@@ -115,8 +115,8 @@ def ours(run_root, name, steps_per_epoch_data, epochs=3, **settings):
     "Train with vitartifacts' own loop; images/s of the last epoch as the loop itself measured it."
     from vitartifacts.config import Config
     from vitartifacts.train import train, read_metrics
-    cfg = Config(model='vanilla', size='small', epochs=epochs, batch_size=256, runs_dir=str(run_root), run_name=name,
-                 wandb_mode='disabled', analysis_freq=0, save_freq=0, compile=True, num_workers=8, **settings)
+    cfg = Config(**{**dict(model='vanilla', size='small', epochs=epochs, batch_size=256, runs_dir=str(run_root), run_name=name,
+                           wandb_mode='disabled', analysis_freq=0, save_freq=0, compile=True, num_workers=8), **settings})
     peak_reset()
     run_dir = train(cfg, data=steps_per_epoch_data)
     m = read_metrics(run_dir)

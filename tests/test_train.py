@@ -1,5 +1,5 @@
 """Training engine: exact resume after SIGKILL, the papermill notebook, wandb that cannot fail a run."""
-import json, os, signal, subprocess, sys, time
+import json, math, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -144,8 +144,8 @@ def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):
     assert not [w for w in recwarn if 'wandb' in str(w.message)]
 
 
-def test_fast_data_trains_from_a_prepared_cache(tmp_path):
-    "fast_data: `vitartifacts prepare-data` caches an ImageFolder, and train augments it a batch at a time."
+def prepared_cache(tmp_path) -> Path:
+    "A two-class ImageFolder (16 train, 8 val images per class) cached by `vitartifacts prepare-data` for 32 px."
     from PIL import Image
     from vitartifacts.cli import main
     for split, n in (('train', 16), ('val', 8)):
@@ -158,8 +158,13 @@ def test_fast_data_trains_from_a_prepared_cache(tmp_path):
                 im.save(folder / f'{i}.png')
     assert main(['prepare-data', str(tmp_path / 'folder'), '--out', str(tmp_path / 'cache'), '--img_size', '32',
                  '--num_workers', '0']) == 0
+    return tmp_path / 'cache'
+
+
+def test_fast_data_trains_from_a_prepared_cache(tmp_path):
+    "fast_data: `vitartifacts prepare-data` caches an ImageFolder, and train augments it a batch at a time."
     cfg = Config(size='tiny', img_size=32, patch_size=8, epochs=2, batch_size=8, warmup_epochs=0.5, probe_size=4,
-                 fast_data=True, data_path=str(tmp_path / 'cache'), wandb_mode='disabled', analysis_freq=1,
+                 fast_data=True, data_path=str(prepared_cache(tmp_path)), wandb_mode='disabled', analysis_freq=1,
                  runs_dir=str(tmp_path), run_name='fast')
     run_dir = train(cfg)
     lines = read_metrics(run_dir)
@@ -175,3 +180,18 @@ def test_fast_data_trains_from_a_prepared_cache(tmp_path):
         assert abs(a['train_loss'] - b['train_loss']) < 1e-3 and abs(a['val_loss'] - b['val_loss']) < 1e-3, (a, b)
     half = read_metrics(train(Config(**{**cfg.__dict__, 'run_name': 'fast-fp16', 'augment_kernel': 'matmul-fp16'})))
     assert abs(half[-1]['train_loss'] - lines[-1]['train_loss']) < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+def test_fast_data_on_cuda_with_every_speed_option(tmp_path):
+    """On a GPU: the fast path with compile (model, LAMB, augmentation), bf16 batches, the prefetching loader, the matmul
+    patch embedding and half-precision resampling trains, and its first-epoch loss matches the plain CUDA run's."""
+    base = dict(size='tiny', img_size=32, patch_size=8, epochs=2, batch_size=8, warmup_epochs=0.5, probe_size=4,
+                fast_data=True, data_path=str(prepared_cache(tmp_path)), wandb_mode='disabled', analysis_freq=1,
+                runs_dir=str(tmp_path), device='cuda')
+    plain = read_metrics(train(Config(**base, run_name='plain')))
+    fast = read_metrics(train(Config(**base, run_name='fast', compile=True, patch_embed='linear', augment_kernel='matmul-fp16')))
+    assert [l['step'] for l in fast] == [4, 8] and all(math.isfinite(l['train_loss']) for l in fast)
+    assert abs(fast[0]['train_loss'] - plain[0]['train_loss']) < 2e-2, (fast[0], plain[0])
+    from vitartifacts.store import ProbeStore
+    assert ProbeStore(tmp_path / 'fast').epochs == [0, 1, 2]

@@ -1,7 +1,7 @@
 """The report and the explorer in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
 
 - report.html: the page loads without script errors, moving the epoch slider changes the sink-share
-  heat map (and the other panels), a screenshot is kept.
+  heat map (and the other panels), a figure below the fold is drawn when scrolled to, a screenshot is kept.
 - JupyterLab: a server on 127.0.0.1 (free port, no token, its own runtime/config/settings folders)
   opens a copy of nbs/workflows/explore.ipynb, runs all cells, the widgets render (no "Error
   displaying widget", no "Failed to load model class"), moving a slider changes the figures, a
@@ -67,6 +67,12 @@ def test_report_slider_moves_the_views(browser, tmp_path):
     for panel in ('overlay-0', 'overlay-1', 'cls-2', 'hist-0', 'layers-0', 'heads-0', 'ratio-all'):
         assert after[panel] != before[panel], f'{panel} did not follow the epoch slider'
     assert page.locator('#epoch-value').inner_text() == '0'
+    # a figure far below the fold got its data but is drawn only when it scrolls into view
+    drawn = "id => { const el = document.getElementById(id); return JSON.stringify(el._fullData[0].z) === JSON.stringify(el.data[0].z); }"
+    assert not page.evaluate(drawn, 'layers-0'), 'an off-screen figure was redrawn on every move'
+    page.locator('#layers-0').scroll_into_view_if_needed()
+    page.wait_for_function(f"({drawn})('layers-0')", timeout=10_000)
+    page.evaluate('window.scrollTo(0, 0)')
     # the register run's details: the register maps of its probe image move with the layer slider
     page.select_option('#run', '1')
     page.focus('#layer'); page.keyboard.press('Home')

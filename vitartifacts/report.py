@@ -113,7 +113,14 @@ function tile(maps, h, w, cols) {      // as the notebook's `tile`: blank column
 function median(a) { const s = Array.from(a).sort((x, y) => x - y), m = s.length >> 1; return s.length % 2 ? s[m] : 0.5 * (s[m - 1] + s[m]); }
 function mean(list) { const out = new Float32Array(list[0].length); for (const a of list) for (let i = 0; i < a.length; i++) out[i] += a[i] / list.length; return out; }
 function fmt(x) { return Number.isFinite(x) ? Number(x).toPrecision(3) : 'none'; }
-function set(el, traces, layout) {     // change trace and layout properties in place, then one Plotly.react
+// Drawing is the expensive part of a move (tens of ms per figure), so a figure out of sight only gets its new data;
+// it is drawn when it scrolls into view (or is shown), once, with whatever the controls say by then.
+const onScreen = new WeakMap(), stale = new Set();
+const watcher = new IntersectionObserver(entries => entries.forEach(en => {
+  onScreen.set(en.target, en.isIntersecting);
+  if (en.isIntersecting && stale.delete(en.target)) Plotly.react(en.target, en.target.data, en.target.layout);
+}), {rootMargin: '400px 0px'});
+function set(el, traces, layout) {     // change trace and layout properties in place, then one Plotly.react if in sight
   for (const [i, props] of Object.entries(traces)) Object.assign(el.data[+i], props);
   for (const [path, v] of Object.entries(layout || {})) {
     const keys = path.split('.'); let o = el.layout;
@@ -121,12 +128,15 @@ function set(el, traces, layout) {     // change trace and layout properties in 
     o[keys[keys.length - 1]] = v;
   }
   el.layout.datarevision = (el.layout.datarevision || 0) + 1;
+  if (onScreen.get(el) === false) { stale.add(el); return Promise.resolve(el); }
+  stale.delete(el);
   return Plotly.react(el, el.data, el.layout);
 }
 function plot(id, fig) {
   const el = document.getElementById(id);
   fig.layout.template = TEMPLATE;
   Plotly.newPlot(el, fig.data, fig.layout, {displaylogo: false, responsive: false});
+  watcher.observe(el);
   return el;
 }
 

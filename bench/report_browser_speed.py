@@ -1,0 +1,53 @@
+"""How long an epoch move takes in the HTML report, in headless Chromium (Debian's `chromium`, driven by Playwright).
+
+    python bench/report_browser_speed.py REPORT.html [--moves 30]
+
+Loads the report (1400x1000 viewport, scrolled to the top), then moves the epoch slider `--moves` times to random
+stops and times each move from the input event until the page has drawn the next frame after the update (two
+requestAnimationFrame callbacks). Prints the page-load time and the median, p90 and max of the moves. Make a report of
+three ViT-S-sized runs with `python bench/report_speed.py`, which leaves it in its work folder.
+"""
+import argparse, json, shutil, statistics, time
+from pathlib import Path
+
+ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run']
+
+MOVE_JS = """async (value) => {
+  const el = document.getElementById('epoch'), n0 = Number(document.body.dataset.updates);
+  const t0 = performance.now();
+  el.value = String(value); el.dispatchEvent(new Event('input'));
+  while (Number(document.body.dataset.updates) === n0) await new Promise(r => requestAnimationFrame(r));
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return performance.now() - t0;
+}"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('report')
+    ap.add_argument('--moves', type=int, default=30)
+    ap.add_argument('--seed', type=int, default=0)
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    import random
+    rng = random.Random(args.seed)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which('chromium') or '/usr/bin/chromium', args=ARGS)
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        t0 = time.perf_counter()
+        page.goto(Path(args.report).resolve().as_uri())
+        page.wait_for_function('Number(document.body.dataset.updates) >= 1', timeout=120_000)
+        load = time.perf_counter() - t0
+        stops = int(page.eval_on_selector('#epoch', 'el => el.max')) + 1
+        current, times = int(page.eval_on_selector('#epoch', 'el => el.value')), []
+        for _ in range(args.moves):
+            value = rng.choice([v for v in range(stops) if v != current])
+            times.append(page.evaluate(MOVE_JS, value)); current = value
+        browser.close()
+    times.sort()
+    res = dict(report=args.report, load_s=load, moves=len(times), median_ms=statistics.median(times),
+               p90_ms=times[int(0.9 * (len(times) - 1))], max_ms=times[-1])
+    print(json.dumps(res))
+
+
+if __name__ == '__main__': main()

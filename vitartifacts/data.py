@@ -385,8 +385,13 @@ class RandomResizedCropDraft:
         top, left, h, w = tv1.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))  # reads only the header
         reduce = _draft_reduce(min(w / self.size[1], h / self.size[0])) if self.draft else 1
         img, f = decode_rgb(img, reduce)
-        # crop and resize in one call; the box is in the coordinates of the (maybe reduced) decoded image
-        return img.resize(self.size[::-1], self.resample, box=(left / f, top / f, (left + w) / f, (top + h) / f))
+        # crop, then resize, as torchvision's F.resized_crop: the filter sees only the crop (resize(box=) alone would read
+        # pixels past its edges). After a reduced decode the box is fractional: crop the whole pixels around it, then
+        # resize exactly the box inside them.
+        l, t, r, b = left / f, top / f, (left + w) / f, (top + h) / f
+        L, T = math.floor(l), math.floor(t)
+        R, B = min(math.ceil(r), img.width), min(math.ceil(b), img.height)
+        return img.crop((L, T, R, B)).resize(self.size[::-1], self.resample, box=(l - L, t - T, r - L, b - T))
 
     def __repr__(self): return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}, draft={self.draft})"
 

@@ -367,7 +367,7 @@ def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: l
             fresh = True
         tables.append(t.assign(epoch=e))
     if path is not None and fresh:
-        try: path.parent.mkdir(exist_ok=True); atomic_write_json(path, memo)
+        try: atomic_write_json(path, memo)
         except OSError: pass                              # a read-only run folder: no cache, same answer
     return pd.concat(tables, ignore_index=True)
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 import argparse, copy, dataclasses, difflib, os, re, tempfile
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
            'AUGMENT_KERNELS', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config', 'setting_names',
-           'setting_help', 'atomic_write_text', 'holds_run', 'check_run_dir', 'add_arguments', 'demo_config',
-           'from_namespace', 'parameters_cell']
+           'setting_help', 'atomic_write', 'atomic_write_text', 'holds_run', 'check_run_dir', 'add_arguments',
+           'demo_config', 'from_namespace', 'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -209,17 +208,26 @@ def _from_dict(cls, d: dict) -> Config:
         if k not in setting_names(): raise ValueError(_unknown(k))
     return cls(**d)
 
-def atomic_write_text(path, text: str):
-    "Write `text` to `path` through a temporary file and `os.replace`, so readers see the old or the new file."
+def atomic_write(path, write) -> Path:
+    """Call `write(f)` on a binary temporary file beside `path` (a dot-file, so readers listing the folder skip it),
+    flush it to disk, then move it onto `path` in one `os.replace`: readers see the old file or the new one, never a
+    part. Every single file the project writes (settings, metrics, checkpoints, weights, probe epochs, analysis cache,
+    report) goes through here; the two folder-level writes, `gpudata.prepare_cache` and `train.keep_copy`, rename into
+    place the same way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run from other users
-        with os.fdopen(fd, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+        with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
+    return path
+
+def atomic_write_text(path, text: str) -> Path:
+    "Write `text` to `path` atomically (`atomic_write`)."
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 def _to_yaml(self) -> str:
     "The settings as YAML, in definition order."

@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .store import decode_attention, atomic_write
+from .config import atomic_write
+from .store import decode_attention
 from .analysis import compare_runs
 from .views import (RunView, ExploreFigures, ViewState, DETECTOR_NAMES, weight_views, rollout_figure,
                                 posemb_figure, pca_figure, gif_bytes, _data_uri, _grey)

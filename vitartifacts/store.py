@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_store.ipynb #8a18880d
 from __future__ import annotations
-import json, os, time
+import json, time
 from pathlib import Path
 
 import numpy as np
@@ -12,28 +12,13 @@ import torch
 from torch import nn
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .config import atomic_write
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_write_json', 'encode_attention', 'decode_attention', 'images_to_uint8', 'ProbeStore',
-           'epoch_nbytes']
+__all__ = ['atomic_write_json', 'encode_attention', 'decode_attention', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes']
 
 # %% ../nbs/06_store.ipynb #e457496d
-def atomic_write(path: Path | str, write) -> Path:
-    "Call `write(f)` on a temporary file beside `path`, then move it onto `path` in one `os.replace`."
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_json(path: Path | str, obj) -> Path:
     "Write `obj` as JSON to `path` atomically."
     return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))

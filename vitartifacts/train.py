@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #5778e99d
 from __future__ import annotations
-import contextlib, dataclasses, importlib, inspect, json, math, os, random, shutil, tempfile, time, uuid, warnings
+import contextlib, dataclasses, importlib, inspect, json, math, os, random, shutil, time, uuid, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, atomic_write_text, check_run_dir
+from .config import Config, atomic_write, atomic_write_text, check_run_dir
 
 # %% auto #0
 __all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_data', 'build_model', 'build_optimizer', 'lr_at',
@@ -227,28 +227,14 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 
 def atomic_save(obj, path: Path):
-    "`torch.save` through a temporary file and a rename."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        torch.save(obj, tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    "`torch.save` written atomically."
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_weights(model: torch.nn.Module, path: Path):
     "The model's weights as safetensors, written atomically."
-    from safetensors.torch import save_file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    from safetensors.torch import save
+    return atomic_write(path, lambda f: f.write(save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})))
 
 
 def keep_copy(src: Path, dst: Path):

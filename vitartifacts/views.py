@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .probe import ProbeResult, TokenLayout, MassiveActivations
-from .store import ProbeStore, decode_attention, atomic_write, atomic_write_json
+from .config import atomic_write
+from .store import ProbeStore, decode_attention, atomic_write_json
 from .analysis import detect_outliers, sink_share, rollout_maps, compare_runs, build_probe_model
 from fastcore.basics import patch
 

@@ -293,13 +293,16 @@ def evaluate(model, loader, dev: Device, cfg: Config) -> dict:
     "Validation cross-entropy, top-1 and top-5 accuracy over the whole validation set (all processes)."
     model.eval()
     sums = torch.zeros(4, dtype=torch.float32 if dev.device.type == 'mps' else torch.float64, device=dev.device)
+    n = 0  # images, counted on the host: a tensor made from it every batch would be a host-to-device copy, a sync on CUDA
     for images, labels in loader:
         images, labels = images.to(dev.device, non_blocking=True), labels.to(dev.device, non_blocking=True)
         with autocast(dev, cfg): logits = model(images)
         logits = logits.float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction='sum'), top[:, 0].sum(),
-                             top.any(1).sum(), torch.tensor(len(labels), device=dev.device)]).to(sums.dtype)
+        sums[:3] += torch.stack([F.cross_entropy(logits, labels, reduction='sum'), top[:, 0].sum(),
+                                 top.any(1).sum()]).to(sums.dtype)
+        n += len(labels)
+    sums[3].fill_(n)  # a fill, not a copy; loss, top-1, top-5 and count go through one all_reduce
     if dev.distributed: dist.all_reduce(sums)
     loss, top1, top5, n = sums.tolist()
     model.train()

@@ -9,10 +9,9 @@ from typing import Iterable
 
 import torch
 from torch import nn, Tensor
-from timm.scheduler import CosineLRScheduler
 
 # %% auto #0
-__all__ = ['param_groups', 'lamb_update', 'Lamb', 'lr_at', 'cosine_schedule']
+__all__ = ['param_groups', 'lamb_update', 'Lamb', 'lr_at']
 
 # %% ../nbs/04_optim.ipynb #81019df3
 def param_groups(
@@ -128,12 +127,3 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, warmup_lr: 
     if step < warmup_steps: return warmup_lr + (lr - warmup_lr) * step / warmup_steps
     t = min(step - warmup_steps, total_steps - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t))
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                    warmup_lr: float = 1e-6, min_lr: float = 1e-6) -> CosineLRScheduler:
-    "timm's cosine scheduler computing `lr_at` per step from each group's lr; call `.step_update(step)` before each step."
-    if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"warmup_steps must lie in [0, total_steps={total_steps}), got {warmup_steps}.")
-    return CosineLRScheduler(optimizer, t_initial=total_steps - warmup_steps, lr_min=min_lr, warmup_t=warmup_steps,
-                             warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False, cycle_limit=1)

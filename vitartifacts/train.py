@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #5778e99d
 from __future__ import annotations
-import contextlib, dataclasses, importlib, inspect, json, math, os, random, shutil, time, uuid, warnings
+import contextlib, dataclasses, functools, importlib, inspect, json, math, os, random, shutil, time, uuid, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 from .config import Config, atomic_write, atomic_write_text, check_run_dir
 
 # %% auto #0
-__all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_data', 'build_model', 'build_optimizer', 'lr_at',
-           'Device', 'pick_device', 'in_distributed_env', 'init_distributed', 'autocast', 'set_determinism',
-           'rng_state', 'set_rng_state', 'prepare_run_dir', 'atomic_save', 'save_weights', 'keep_copy', 'Progress',
-           'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics', 'write_metrics', 'wandb_has_key', 'Trackers',
-           'on_probe', 'store_attn_dtype', 'probe_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch',
-           'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'launch']
+__all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_data', 'build_model', 'build_optimizer',
+           'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed', 'autocast',
+           'set_determinism', 'rng_state', 'set_rng_state', 'prepare_run_dir', 'atomic_save', 'save_weights',
+           'keep_copy', 'Progress', 'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics', 'write_metrics',
+           'wandb_has_key', 'Trackers', 'on_probe', 'store_attn_dtype', 'probe_due', 'NonFiniteLoss', 'Run', 'account',
+           'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train',
+           'launch']
 
 # %% ../nbs/05_train.ipynb #1aa93d7e
 @dataclass
@@ -127,11 +128,12 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
                 weight_decay=cfg.weight_decay, max_grad_norm=cfg.clip_grad or None, compile=cfg.compile and on_cuda)
 
 
-def lr_at(step: int, cfg: Config, steps_per_epoch: int) -> float:
-    "Learning rate of `cfg` at optimizer step `step`: warmup over `warmup_epochs`, cosine to `min_lr` at `epochs`."
-    from vitartifacts import optim
-    return optim.lr_at(step, cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.lr,
-                       cfg.warmup_lr, cfg.min_lr)
+def lr_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
+    "The learning rate of `cfg` by optimizer step: `optim.lr_at`, warming up over `warmup_epochs`, cosine to `min_lr` at `epochs`."
+    from vitartifacts.optim import lr_at
+    return functools.partial(lr_at, total_steps=cfg.epochs * steps_per_epoch,
+                             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), lr=cfg.lr,
+                             warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)
 
 # %% ../nbs/05_train.ipynb #ea61dbd0
 @dataclass
@@ -446,11 +448,11 @@ def train_epoch(model, data: Data, run: Run, progress: Progress, rng_now: dict |
     model.train()
     bar = tqdm(total=run.steps_per_epoch, initial=progress.step_in_epoch, desc=f'epoch {progress.epoch + 1}/{cfg.epochs}',
                disable=not dev.is_main, leave=False, mininterval=1.0, dynamic_ncols=True)
-    pending, last, t0 = None, None, time.perf_counter()
+    lr_at, pending, last, t0 = lr_schedule(cfg, run.steps_per_epoch), None, None, time.perf_counter()
     for images, labels in epoch_batches(data.train_loader, progress, rng_now):
         images, labels = images.to(dev.device, non_blocking=True), labels.to(dev.device, non_blocking=True)
         images, targets = soft_targets(images, labels, data, cfg)
-        lr = lr_at(progress.step, cfg, run.steps_per_epoch)
+        lr = lr_at(progress.step)
         for group in opt.param_groups: group['lr'] = lr
         with autocast(dev, cfg):
             logits = model(images)

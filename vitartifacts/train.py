@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #5778e99d
 from __future__ import annotations
-import contextlib, dataclasses, functools, importlib, inspect, json, math, os, random, shutil, time, uuid, warnings
+import contextlib, dataclasses, functools, importlib, json, math, os, random, shutil, time, uuid, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -79,9 +79,8 @@ def build_data(cfg: Config, device: torch.device | None = None) -> Data:
         return fn(cfg)
     if cfg.fast_data: return cached_data(cfg, device or torch.device('cpu'))
     from vitartifacts import data
-    names = set(inspect.signature(data.build_data).parameters) & set(asdict(cfg))  # it takes settings by name
-    kw = {k: getattr(cfg, k) for k in names}
-    if kw.get('num_workers', 0) < 0: kw['num_workers'] = None  # its automatic choice
+    kw = data.data_kwargs(cfg)
+    if kw.get('num_workers') == -1: kw['num_workers'] = None  # the config's "automatic" is build_data's None
     return data.build_data(**kw)
 
 

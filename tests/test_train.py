@@ -182,6 +182,26 @@ def test_fast_data_trains_from_a_prepared_cache(tmp_path):
     assert abs(half[-1]['train_loss'] - lines[-1]['train_loss']) < 2e-2
 
 
+def test_fast_data_carries_its_target_function(tmp_path):
+    "fast_data says who makes the soft targets: its loader when it mixes, else label smoothing as the Data's mixup_fn."
+    from vitartifacts.data import SmoothedTargets
+    from vitartifacts.train import cached_data, soft_targets
+    base = dict(size='tiny', img_size=32, patch_size=8, batch_size=8, probe_size=4, fast_data=True,
+                data_path=str(prepared_cache(tmp_path)), smoothing=0.2)
+    plain = Config(**base, mixup_alpha=0, cutmix_alpha=0)
+    data = cached_data(plain, torch.device('cpu'))
+    assert not data.loader_mixes and isinstance(data.mixup_fn, SmoothedTargets)
+    assert (data.mixup_fn.num_classes, data.mixup_fn.smoothing) == (2, 0.2)
+    x, y = next(iter(data.train_loader))
+    assert y.shape == (8,)                                   # class indices: the loader did not mix
+    _, targets = soft_targets(x, y, data, plain)
+    assert torch.equal(targets, torch.full((8, 2), 0.1).scatter_(1, y[:, None], 0.9))
+    data = cached_data(Config(**base), torch.device('cpu'))  # Mixup/CutMix on: mixed on the device, by the loader
+    assert data.loader_mixes and data.mixup_fn is None
+    x, targets = next(iter(data.train_loader))
+    assert targets.shape == (8, 2) and soft_targets(x, targets, data, plain)[1] is targets
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
 def test_fast_data_on_cuda_with_every_speed_option(tmp_path):
     """On a GPU: the fast path with compile (model, LAMB, augmentation), bf16 batches, the prefetching loader, the matmul

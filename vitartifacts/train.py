@@ -29,13 +29,16 @@ __all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_dat
 # %% ../nbs/05_train.ipynb #1aa93d7e
 @dataclass
 class Data:
-    "What the training loop needs from a dataset."
+    """What the training loop needs from a dataset. The loss takes soft targets, made from a batch of class indices by
+    `mixup_fn` (Mixup/CutMix, or label smoothing alone; without one, label smoothing with the config's `smoothing`), or
+    by the train loader itself when it mixes on the device (`loader_mixes`, `vitartifacts.gpudata`)."""
     train_loader: Iterable      # (images [B,3,H,W], class indices [B]); drop_last; sampler with set_epoch if sharded
     val_loader: Iterable        # (images, class indices)
     num_classes: int
-    mixup_fn: Callable | None = None        # timm Mixup: (images, indices) -> (images, soft targets)
+    mixup_fn: Callable | None = None        # (images, class indices) -> (images, soft targets); None: label smoothing alone
     probe_images: torch.Tensor | None = None  # the fixed probe set [K,3,H,W]
     probe_labels: torch.Tensor | None = None  # their classes [K]
+    loader_mixes: bool = False              # the train loader yields (mixed images, soft targets [B, classes]) itself
 
 
 def world() -> tuple[int, int]:
@@ -97,9 +100,10 @@ def cached_data(cfg: Config, device: torch.device) -> Data:
                   resample_dtype=torch.float16 if cfg.augment_kernel == 'matmul-fp16' else torch.float32)
     augment = g.BatchAugment(img_size=cfg.img_size, three_augment=cfg.three_augment, color_jitter=cfg.color_jitter,
                              out_dtype=out_dtype, compile=cfg.compile and cuda, **kernel)
+    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0   # the loader mixes on the device; else label smoothing alone
     mixup = g.BatchMixup(cfg.mixup_alpha, cfg.cutmix_alpha, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                          label_smoothing=cfg.smoothing, num_classes=num_classes, compile=cfg.compile and cuda) \
-        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0 else None
+        if mixing else None
     common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed, out_dtype=out_dtype)
     train_loader = g.CachedLoader(train_cache, cfg.batch_size, augment=augment, mixup=mixup, **common)
     val_loader = g.CachedLoader(val_cache, cfg.batch_size, shuffle=False, drop_last=False, **common)
@@ -107,7 +111,8 @@ def cached_data(cfg: Config, device: torch.device) -> Data:
     idx = probe_indices(len(val_cache), min(cfg.probe_size, len(val_cache))).numpy()  # the PIL path's probe set: same in every run
     images, widths, transposed = val_cache.batch(idx, device)
     probe_images = g.center_crop_batch(images, widths, transposed, cfg.img_size)
-    return Data(train_loader, val_loader, num_classes, None, probe_images, val_cache.labels[idx])
+    return Data(train_loader, val_loader, num_classes, None if mixing else mixup_fn(cfg, num_classes), probe_images,
+                val_cache.labels[idx], loader_mixes=mixing)
 
 # %% ../nbs/05_train.ipynb #d52f650c
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
@@ -282,11 +287,11 @@ def epoch_batches(loader, progress: Progress, rng_now: dict | None = None):
 
 # %% ../nbs/05_train.ipynb #91df03f4
 def soft_targets(images, labels, data: Data, cfg: Config):
-    "Mixup/CutMix images and soft targets, or the images with label-smoothed one-hot targets."
-    if labels.ndim == 2: return images, labels  # the loader mixed already (vitartifacts.gpudata)
+    "The batch and its soft targets: as the loader made them (`data.loader_mixes`), or through `data.mixup_fn`."
+    if data.loader_mixes: return images, labels
     if data.mixup_fn is not None: return data.mixup_fn(images, labels)
-    from timm.data.mixup import mixup_target
-    return images, mixup_target(labels, data.num_classes, smoothing=cfg.smoothing)
+    from vitartifacts.data import SmoothedTargets   # a Data made without one: label smoothing alone
+    return SmoothedTargets(data.num_classes, cfg.smoothing)(images, labels)
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ from .config import atomic_write
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 
 # %% auto #0
-__all__ = ['atomic_write_json', 'encode_attention', 'decode_attention', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes']
+__all__ = ['atomic_write_json', 'encode_attention', 'decode_attention', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes',
+           'store_attn_dtype']
 
 # %% ../nbs/06_store.ipynb #e457496d
 def atomic_write_json(path: Path | str, obj) -> Path:
@@ -68,10 +69,10 @@ class ProbeStore:
     "The probe epochs of one run: written one atomic file per epoch, readable while the run is still writing."
     def __init__(self,
                  run_dir: Path | str,          # the run folder; the store lives in `run_dir/probes`
-                 attn_dtype: str = 'float16',  # attention storage: 'float16', 'float32' or 'log8' (used by `append`)
+                 attn_dtype: str = 'float16',  # attention storage: 'float16', 'float32', 'log8' or 'auto' (`store_attn_dtype`)
                 ):
         self.run_dir, self.root = Path(run_dir), Path(run_dir) / 'probes'
-        encode_attention(np.zeros(1), attn_dtype)   # fail early on a bad format
+        if attn_dtype != 'auto': encode_attention(np.zeros(1), attn_dtype)   # fail early on a bad format
         self.attn_dtype = attn_dtype
 
     def __repr__(self): return f"ProbeStore({str(self.run_dir)!r}, epochs={self.epochs})"
@@ -133,7 +134,8 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
     for name, given in (('images', images), ('labels', labels)):
         if given is not None and len(given) != n_images:
             raise ValueError(f"{name} holds {len(given)} entries but the probe result has {n_images} images; pass the probed ones.")
-    arrays = _epoch_arrays(epoch, result, self.attn_dtype)
+    attn_dtype = store_attn_dtype(result) if self.attn_dtype == 'auto' else self.attn_dtype
+    arrays = _epoch_arrays(epoch, result, attn_dtype)
     self.root.mkdir(parents=True, exist_ok=True)
     index = self.root / 'index.json'
     old = json.loads(index.read_text()) if index.exists() else {}
@@ -142,7 +144,7 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
                          f"in {index}; write this model's probes to another run folder.")
     meta = dict(version=1, layout=result.layout.to_dict(), depth=result.depth,
                 n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]),
-                num_classes=int(result.logits.shape[-1]), attn_dtype=self.attn_dtype,
+                num_classes=int(result.logits.shape[-1]), attn_dtype=attn_dtype,
                 mean=list(map(float, mean)), std=list(map(float, std)),
                 model=model_info if model_info is not None else old.get('model'))
     if meta != old: atomic_write_json(index, meta)
@@ -238,6 +240,13 @@ def epoch_nbytes(depth: int, n_images: int, n_tokens: int, n_heads: int, n_prefi
     "Bytes of the token norms and attention arrays of one stored probe epoch."
     a = {'float16': 2, 'float32': 4, 'log8': 1}[attn_dtype]
     return 2 * (depth + 1) * n_images * n_tokens + a * depth * n_images * n_heads * (n_prefix + 1) * n_tokens
+
+
+def store_attn_dtype(result, budget: float = 5e6) -> str:
+    "float16 attention when a probe epoch fits the ~5 MB budget, else one byte per probability ('log8', <2.2% error)."
+    depth, K, T = result.norms.shape[0] - 1, result.norms.shape[1], result.norms.shape[2]
+    H, P = result.attn_received.shape[2], result.layout.n_prefix
+    return 'float16' if epoch_nbytes(depth, K, T, H, P, 'float16') <= budget else 'log8'
 
 # %% ../nbs/06_store.ipynb #feac97f2
 def _fake_epoch_writer(run_dir: str, n_epochs: int, n_reg: int = 4, pause: float = 0.0):

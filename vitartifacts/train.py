@@ -22,9 +22,8 @@ __all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_dat
            'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed', 'autocast',
            'set_determinism', 'rng_state', 'set_rng_state', 'prepare_run_dir', 'atomic_save', 'save_weights',
            'keep_copy', 'Progress', 'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics', 'write_metrics',
-           'wandb_has_key', 'Trackers', 'on_probe', 'store_attn_dtype', 'probe_due', 'NonFiniteLoss', 'Run', 'account',
-           'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train',
-           'launch']
+           'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch',
+           'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'launch']
 
 # %% ../nbs/05_train.ipynb #1aa93d7e
 @dataclass
@@ -395,18 +394,10 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     result = probe(model, probe_images, attention='summary')
     model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
                       patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate)
-    ProbeStore(run_dir, attn_dtype=store_attn_dtype(result)).append(
+    ProbeStore(run_dir, attn_dtype='auto').append(
         epoch, result, images=probe_images, labels=probe_labels,
         weights=model if cfg.probe_weights else None, model_info=model_info)
     return result
-
-
-def store_attn_dtype(result, budget: float = 5e6) -> str:
-    "float16 attention when a probe epoch fits the ~5 MB budget, else one byte per probability ('log8', <2.2% error)."
-    from vitartifacts.store import epoch_nbytes
-    depth, K, T = result.norms.shape[0] - 1, result.norms.shape[1], result.norms.shape[2]
-    H, P = result.attn_received.shape[2], result.layout.n_prefix
-    return 'float16' if epoch_nbytes(depth, K, T, H, P, 'float16') <= budget else 'log8'
 
 
 def probe_due(epoch: int, cfg: Config) -> bool:

@@ -74,7 +74,7 @@ class Lamb(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,                        # added to sqrt(v_hat), apex and timm default
         weight_decay: float = 0.05,               # default for groups that do not set their own
-        max_grad_norm: float | None = None,       # clip the global gradient norm inside step(); None: clip outside
+        max_grad_norm: float | None = None,       # clip the global gradient norm to this inside step(); None: no clipping
         trust_ratio: bool | None = None,          # default for groups: None means "where weight_decay != 0" (apex)
         foreach: bool | None = None,              # one op per group (True) or per tensor (False); None: True on CUDA
         compile: bool = False,                    # torch.compile the foreach update of each group (for CUDA)
@@ -99,8 +99,10 @@ class Lamb(torch.optim.Optimizer):
         grads = [p.grad for g in self.param_groups for p in g['params'] if p.grad is not None]
         if not grads: return loss
         if any(g.is_sparse for g in grads): raise ValueError("Lamb does not support sparse gradients.")
-        self.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        clip = None if self.max_grad_norm is None else (self.grad_norm / self.max_grad_norm).clamp(min=1.0)
+        clip = None
+        if self.max_grad_norm is not None:   # the global norm is needed only to clip
+            self.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            clip = (self.grad_norm / self.max_grad_norm).clamp(min=1.0)
         for group in self.param_groups:
             group['step'] = group.get('step', 0) + 1
             params = [p for p in group['params'] if p.grad is not None]

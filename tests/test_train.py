@@ -144,6 +144,18 @@ def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):
     assert not [w for w in recwarn if 'wandb' in str(w.message)]
 
 
+def test_run_folder_is_checked_once(tmp_path, monkeypatch):
+    "A training start checks its run folder once (before building the data), not again when it creates the folder."
+    import vitartifacts.train as T
+    checked = []
+    monkeypatch.setattr(T, 'check_run_dir', lambda cfg, check=T.check_run_dir: checked.append(cfg.run_name) or check(cfg))
+    cfg = Config(data_fn='vitartifacts.train:memory_data', size='tiny', img_size=32, patch_size=8, batch_size=32,
+                 epochs=1, num_workers=0, wandb_mode='disabled', analysis_freq=0, runs_dir=str(tmp_path), run_name='once')
+    train(cfg)
+    assert checked == ['once']
+    with pytest.raises(FileExistsError, match='already holds a run'): train(cfg)
+
+
 def prepared_cache(tmp_path) -> Path:
     "A two-class ImageFolder (16 train, 8 val images per class) cached by `vitartifacts prepare-data` for 32 px."
     from PIL import Image

@@ -427,6 +427,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.train.launch': ('train.html#launch', 'vitartifacts/train.py'),
                                     'vitartifacts.train.load_checkpoint': ('train.html#load_checkpoint', 'vitartifacts/train.py'),
                                     'vitartifacts.train.lr_schedule': ('train.html#lr_schedule', 'vitartifacts/train.py'),
+                                    'vitartifacts.train.make_run_dir': ('train.html#make_run_dir', 'vitartifacts/train.py'),
                                     'vitartifacts.train.memory_data': ('train.html#memory_data', 'vitartifacts/train.py'),
                                     'vitartifacts.train.mixup_fn': ('train.html#mixup_fn', 'vitartifacts/train.py'),
                                     'vitartifacts.train.on_probe': ('train.html#on_probe', 'vitartifacts/train.py'),

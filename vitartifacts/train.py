@@ -20,10 +20,11 @@ from .config import Config, atomic_write, atomic_write_text, check_run_dir
 # %% auto #0
 __all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_data', 'build_model', 'build_optimizer',
            'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed', 'autocast',
-           'set_determinism', 'rng_state', 'set_rng_state', 'prepare_run_dir', 'atomic_save', 'save_weights',
-           'keep_copy', 'Progress', 'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics', 'write_metrics',
-           'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch',
-           'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'launch']
+           'set_determinism', 'rng_state', 'set_rng_state', 'prepare_run_dir', 'make_run_dir', 'atomic_save',
+           'save_weights', 'keep_copy', 'Progress', 'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics',
+           'write_metrics', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run', 'account',
+           'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train',
+           'launch']
 
 # %% ../nbs/05_train.ipynb #1aa93d7e
 @dataclass
@@ -221,6 +222,11 @@ def set_rng_state(state: dict):
 def prepare_run_dir(cfg: Config) -> Path:
     "Check the run folder, clear it on overwrite, create it and write config.yaml."
     check_run_dir(cfg)
+    return make_run_dir(cfg)
+
+
+def make_run_dir(cfg: Config) -> Path:
+    "Clear the run folder on overwrite, create it and write config.yaml, once `check_run_dir(cfg)` has passed."
     run_dir = cfg.run_dir
     if cfg.overwrite and run_dir.exists():
         for p in run_dir.iterdir():
@@ -504,11 +510,11 @@ def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, st
 # %% ../nbs/05_train.ipynb #fb7bae31
 def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     "Data, run folder, model (DDP, compiled), optimizer, scaler and trackers; restored from `latest.pt` on resume."
-    if dev.is_main: check_run_dir(cfg)  # before the data, which may take a while to build
+    if dev.is_main: check_run_dir(cfg)  # once, and before the data, which may take a while to build
     data = data or build_data(cfg, dev.device)
     if len(data.train_loader) == 0:
         raise ValueError(f"Setting batch_size={cfg.batch_size} is larger than the training set; lower it.")
-    run_dir = prepare_run_dir(cfg) if dev.is_main else cfg.run_dir
+    run_dir = make_run_dir(cfg) if dev.is_main else cfg.run_dir
     if dev.distributed: dist.barrier()
     raw_model = build_model(cfg, data.num_classes).to(dev.device)
     optimizer = build_optimizer(raw_model, cfg)

@@ -405,6 +405,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.train.Trackers.close': ('train.html#trackers.close', 'vitartifacts/train.py'),
                                     'vitartifacts.train.Trackers.log': ('train.html#trackers.log', 'vitartifacts/train.py'),
                                     'vitartifacts.train._agree_on_name': ('train.html#_agree_on_name', 'vitartifacts/train.py'),
+                                    'vitartifacts.train._as_data': ('train.html#_as_data', 'vitartifacts/train.py'),
                                     'vitartifacts.train._probe': ('train.html#_probe', 'vitartifacts/train.py'),
                                     'vitartifacts.train._snapshot': ('train.html#_snapshot', 'vitartifacts/train.py'),
                                     'vitartifacts.train._summary': ('train.html#_summary', 'vitartifacts/train.py'),

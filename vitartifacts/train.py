@@ -41,6 +41,12 @@ class Data:
     loader_mixes: bool = False              # the train loader yields (mixed images, soft targets [B, classes]) itself
 
 
+def _as_data(d) -> Data:
+    "A `Data` from an object with its fields, such as `vitartifacts.data.DataBundle` (whose loaders give class indices)."
+    if isinstance(d, Data): return d
+    return Data(d.train_loader, d.val_loader, d.num_classes, d.mixup_fn, d.probe_images, d.probe_labels)
+
+
 def world() -> tuple[int, int]:
     "(rank, world size) of this process; (0, 1) outside torch.distributed."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
@@ -79,12 +85,12 @@ def build_data(cfg: Config, device: torch.device | None = None) -> Data:
         try: fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"Setting data_fn={cfg.data_fn!r} cannot be imported ({e}).") from None
-        return fn(cfg)
+        return _as_data(fn(cfg))
     if cfg.fast_data: return cached_data(cfg, device or torch.device('cpu'))
     from vitartifacts import data
     kw = data.data_kwargs(cfg)
     if kw.get('num_workers') == -1: kw['num_workers'] = None  # the config's "automatic" is build_data's None
-    return data.build_data(**kw)
+    return _as_data(data.build_data(**kw))
 
 
 def cached_data(cfg: Config, device: torch.device) -> Data:
@@ -511,7 +517,7 @@ def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, st
 def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     "Data, run folder, model (DDP, compiled), optimizer, scaler and trackers; restored from `latest.pt` on resume."
     if dev.is_main: check_run_dir(cfg)  # once, and before the data, which may take a while to build
-    data = data or build_data(cfg, dev.device)
+    data = _as_data(data or build_data(cfg, dev.device))
     if len(data.train_loader) == 0:
         raise ValueError(f"Setting batch_size={cfg.batch_size} is larger than the training set; lower it.")
     run_dir = make_run_dir(cfg) if dev.is_main else cfg.run_dir

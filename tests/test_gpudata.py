@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from scipy import stats
 
+from vitartifacts.data import CheckedImageFolder, check_imagefolder
 from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache, IMAGENET_MEAN, IMAGENET_STD,
                                   _smooth_image, pil_reference_transform, prepare_cache, prepare_data_command)
 
@@ -55,6 +56,23 @@ def test_prepare_data_command(tmp_path):
     image_folder(tmp_path / 'bad' / 'val', classes=('a', 'z'))
     with pytest.raises(ValueError, match='training classes lack'): prepare_data_command(tmp_path / 'bad', tmp_path / 'c2', num_workers=0)
     with pytest.raises(FileNotFoundError, match='train/'): prepare_data_command(tmp_path / 'data' / 'train', tmp_path / 'c3')
+
+
+def test_same_classes_and_samples_as_the_pil_path(tmp_path):
+    "Hidden folders and files are skipped as `vitartifacts.data` skips them: the cache holds the PIL path's classes and (file, label) list."
+    root = tmp_path / 'data'
+    for split in ('train', 'val'): image_folder(root / split)
+    (root / 'train' / '.ipynb_checkpoints').mkdir()                          # a hidden folder is no class
+    (root / 'train' / 'a' / '._0.jpg').write_bytes(b'\x00\x05\x16\x07AppleDouble')  # macOS metadata, not an image
+    (root / 'train' / 'b' / '.thumbs').mkdir()                               # images in a hidden folder are not samples
+    _smooth_image(np.random.default_rng(1), 64, 64).save(root / 'train' / 'b' / '.thumbs' / 'x.jpg')
+    classes = check_imagefolder(root)
+    pil = CheckedImageFolder(root / 'train', classes)
+    out = prepare_cache(root / 'train', tmp_path / 'cache', num_workers=0)
+    cache = ImageCache.load(out)
+    assert cache.classes == classes == ['a', 'b', 'c']
+    files = json.loads((out / 'files.json').read_text())
+    assert [(str(root / 'train' / f), int(y)) for f, y in zip(files, cache.labels)] == pil.samples
 
 
 def test_memory_map_and_device_copy_give_the_same_batches(tmp_path):

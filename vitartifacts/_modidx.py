@@ -174,6 +174,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'vitartifacts.data.build_mixup': ('data.html#build_mixup', 'vitartifacts/data.py'),
                                    'vitartifacts.data.cache_path': ('data.html#cache_path', 'vitartifacts/data.py'),
                                    'vitartifacts.data.check_imagefolder': ('data.html#check_imagefolder', 'vitartifacts/data.py'),
+                                   'vitartifacts.data.class_folders': ('data.html#class_folders', 'vitartifacts/data.py'),
                                    'vitartifacts.data.data_kwargs': ('data.html#data_kwargs', 'vitartifacts/data.py'),
                                    'vitartifacts.data.decode_rgb': ('data.html#decode_rgb', 'vitartifacts/data.py'),
                                    'vitartifacts.data.default_num_workers': ('data.html#default_num_workers', 'vitartifacts/data.py'),

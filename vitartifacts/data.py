@@ -32,12 +32,12 @@ def cache_path(cache_dir=None) -> Path:
 # %% auto #0
 __all__ = ['log', 'DEFAULT_CACHE_DIR', 'DECODE_ERRORS', 'SHAPES', 'PATTERNS', 'STYLES', 'SYNTHETIC_VERSION', 'SYNTHETIC_PRESETS',
            'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'DATASETS', 'cache_path', 'denormalize', 'image_grid',
-           'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'decode_rgb', 'CheckedImageFolder',
-           'synthetic_classes', 'synthetic_image', 'write_synthetic', 'synthetic_root', 'RandomResizedCropDraft',
-           'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor', 'three_augment_transform', 'train_transform',
-           'val_transform', 'fashion_mnist_root', 'fashion_mnist', 'probe_indices', 'probe_set', 'photos',
-           'SmoothedTargets', 'build_mixup', 'EpochSampler', 'default_num_workers', 'build_loaders', 'DataBundle',
-           'resolve_dataset', 'build_data', 'data_kwargs']
+           'class_folders', 'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'decode_rgb',
+           'CheckedImageFolder', 'synthetic_classes', 'synthetic_image', 'write_synthetic', 'synthetic_root',
+           'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor',
+           'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root', 'fashion_mnist',
+           'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler',
+           'default_num_workers', 'build_loaders', 'DataBundle', 'resolve_dataset', 'build_data', 'data_kwargs']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 def denormalize(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
@@ -70,6 +70,14 @@ def _list_names(names, limit=5):
 
 def _visible(entry) -> bool: return not entry.name.startswith('.')
 
+def class_folders(split_dir) -> list[str]:
+    "The sorted class folder names of one split, hidden folders (names starting with '.') ignored; an error naming `split_dir` when there are none."
+    d = Path(split_dir)
+    names = sorted(e.name for e in os.scandir(d) if e.is_dir() and _visible(e))
+    if not names:
+        raise FileNotFoundError(f"{d} holds no class folders; put each class's images in a folder of its own, such as {d / 'n01440764'}.")
+    return names
+
 def check_imagefolder(root) -> list[str]:
     "Check that `root` is an ImageFolder root with `train/` and `val/` holding the same class folders; return the sorted class names."
     root = Path(root).expanduser()
@@ -80,9 +88,7 @@ def check_imagefolder(root) -> list[str]:
         d = root / split
         if not d.is_dir():
             raise FileNotFoundError(f"Dataset root {root} has no {split}/ folder; an ImageFolder root needs train/ and val/, each with one folder per class.")
-        splits[split] = sorted(e.name for e in os.scandir(d) if e.is_dir() and _visible(e))
-        if not splits[split]:
-            raise FileNotFoundError(f"{d} holds no class folders; put each class's images in a folder of its own, such as {d / 'n01440764'}.")
+        splits[split] = class_folders(d)
     only_train, only_val = sorted(set(splits['train']) - set(splits['val'])), sorted(set(splits['val']) - set(splits['train']))
     if only_train or only_val:
         parts = ([f"{_list_names(only_train)} only in train/"] if only_train else []) + ([f"{_list_names(only_val)} only in val/"] if only_val else [])

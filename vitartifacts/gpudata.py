@@ -17,6 +17,8 @@ from torch import Tensor
 from PIL import Image, ImageFilter, ImageOps
 from timm.data.mixup import mixup_target
 
+from .data import DECODE_ERRORS, class_folders, scan_split
+
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'prepare_cache', 'prepare_data_command',
            'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch', 'solarize_batch',
@@ -115,22 +117,23 @@ def _decode(args) -> tuple[np.ndarray, int, bool] | None:
     path, short_side, long_side, skip_corrupt = args
     try:
         with Image.open(path) as img: return fit_to_slot(img, short_side, long_side)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except DECODE_ERRORS as e:
         if skip_corrupt: return None
         raise ValueError(f"Cannot decode image {path} ({e}); remove it or pass skip_corrupt=True.") from None
 
 
-def _image_folder(root: Path, classes: Sequence[str] | None):
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+def _image_folder(root: Path, classes: Sequence[str] | None, skip_corrupt: bool):
+    """The samples (path, label) of the ImageFolder split `root`, its classes and the files skipped as unreadable, found as
+    the PIL path finds them (`data.class_folders`, `data.scan_split`). Labels index `classes` when given (the training
+    classes: a validation split may lack some of them)."""
     if not root.is_dir(): raise FileNotFoundError(f"Image folder {root} does not exist.")
-    try: found, _ = find_classes(str(root))
-    except FileNotFoundError: raise ValueError(f"Image folder {root} has no class subfolders; it must hold one folder per class.") from None
+    found = class_folders(root)
     classes = list(classes) if classes is not None else found
     if extra := sorted(set(found) - set(classes)):
         raise ValueError(f"Image folder {root} has classes {extra[:3]} that the training classes lack.")
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS, allow_empty=True)
-    if not samples: raise ValueError(f"Image folder {root} holds no images.")
-    return samples, classes
+    samples, skipped = scan_split(root, found, skip_corrupt)
+    label = [classes.index(c) for c in found]
+    return [(path, label[i]) for path, i in samples], classes, skipped
 
 
 def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None, classes: Sequence[str] | None = None,
@@ -139,7 +142,7 @@ def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None
     root, out = Path(root), Path(out)
     long_side = long_side or round(1.25 * short_side)
     if long_side < short_side: raise ValueError(f"long_side={long_side} must be at least short_side={short_side}.")
-    samples, classes = _image_folder(root, classes)
+    samples, classes, unreadable = _image_folder(root, classes, skip_corrupt)
     meta = dict(version=CACHE_VERSION, root=str(root.resolve()), short_side=short_side, long_side=long_side,
                 classes=classes, n_files=len(samples))
     if out.exists():
@@ -169,7 +172,7 @@ def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None
         np.save(tmp / 'widths.npy', np.asarray(widths, np.int64))
         np.save(tmp / 'transposed.npy', np.asarray(transposed, bool))
         (tmp / 'files.json').write_text(json.dumps(files))
-        (tmp / 'meta.json').write_text(json.dumps(dict(meta, n_images=n, skipped=len(samples) - n), indent=1))
+        (tmp / 'meta.json').write_text(json.dumps(dict(meta, n_images=n, skipped=len(unreadable) + len(samples) - n), indent=1))
         if out.exists():
             trash = out.parent / f'.{out.name}.old-{os.getpid()}'
             os.replace(out, trash); os.replace(tmp, out); shutil.rmtree(trash, ignore_errors=True)

@@ -230,6 +230,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata.CachedLoader.__len__': ( 'gpudata.html#cachedloader.__len__',
                                                                                      'vitartifacts/gpudata.py'),
+                                      'vitartifacts.gpudata.CachedLoader._epoch_indices': ( 'gpudata.html#cachedloader._epoch_indices',
+                                                                                            'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata.CachedLoader._per_rank': ( 'gpudata.html#cachedloader._per_rank',
                                                                                        'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata.CachedLoader.batch': ( 'gpudata.html#cachedloader.batch',

@@ -106,7 +106,7 @@ def test_matmul_resampling_and_bf16_output(tmp_path):
 def test_resume_in_every_process(tmp_path):
     rng = np.random.default_rng(0)
     cache = ImageCache.from_images([_smooth_image(rng, *SHAPES[k % 8]) for k in range(24)], [k % 3 for k in range(24)], short_side=48)
-    make = lambda rank: CachedLoader(cache, 3, augment=BatchAugment(img_size=32), mixup=BatchMixup(num_classes=3),
+    make = lambda rank: CachedLoader(cache, 4, augment=BatchAugment(img_size=32), mixup=BatchMixup(num_classes=3),
                                      seed=5, rank=rank, world_size=2)
     for rank in (0, 1):
         straight = make(rank)

@@ -95,6 +95,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'vitartifacts.config.add_arguments': ('config.html#add_arguments', 'vitartifacts/config.py'),
                                      'vitartifacts.config.atomic_write': ('config.html#atomic_write', 'vitartifacts/config.py'),
                                      'vitartifacts.config.atomic_write_text': ('config.html#atomic_write_text', 'vitartifacts/config.py'),
+                                     'vitartifacts.config.check_mixup_batch': ('config.html#check_mixup_batch', 'vitartifacts/config.py'),
                                      'vitartifacts.config.check_run_dir': ('config.html#check_run_dir', 'vitartifacts/config.py'),
                                      'vitartifacts.config.demo_config': ('config.html#demo_config', 'vitartifacts/config.py'),
                                      'vitartifacts.config.from_namespace': ('config.html#from_namespace', 'vitartifacts/config.py'),

@@ -13,8 +13,8 @@ import yaml
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
            'AUGMENT_KERNELS', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config', 'setting_names',
-           'setting_help', 'atomic_write', 'atomic_write_text', 'holds_run', 'check_run_dir', 'add_arguments',
-           'demo_config', 'from_namespace', 'parameters_cell']
+           'setting_help', 'check_mixup_batch', 'atomic_write', 'atomic_write_text', 'holds_run', 'check_run_dir',
+           'add_arguments', 'demo_config', 'from_namespace', 'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -155,6 +155,14 @@ def _coerce(name, value, kind):
     raise bad
 
 # %% ../nbs/00_config.ipynb #86743d89
+def check_mixup_batch(batch_size: int, mixup_alpha: float, cutmix_alpha: float):
+    """Raise unless `batch_size` suits Mixup/CutMix: timm's `Mixup` mixes image i with image B-1-i and asserts an even
+    batch in every mode ('batch', 'pair', 'elem'); with both alphas 0 nothing is mixed. The config, `data.build_data` and
+    `gpudata`'s `CachedLoader` and `BatchMixup` all check with this."""
+    if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
+        raise ValueError(f"Setting batch_size={batch_size} must be even for Mixup/CutMix, which mixes each image with another "
+                         "of its batch; use an even batch, or set mixup_alpha=0 and cutmix_alpha=0.")
+
 def _validate(cfg: Config):
     "Coerce every field of `cfg` in place, then check values; raise `ValueError` naming the first bad setting."
     for f in fields(cfg): setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), f.type))
@@ -182,9 +190,7 @@ def _validate(cfg: Config):
     need(0 <= cfg.n_registers <= 16, f"Setting n_registers must be from 0 to 16, got {cfg.n_registers}.")
     need(cfg.img_size % cfg.patch_size == 0,
          f"Setting img_size={cfg.img_size} is not divisible by patch_size={cfg.patch_size}; use a multiple of it.")
-    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
-    need(not mixing or cfg.mixup_mode == 'batch' or cfg.batch_size % 2 == 0,
-         f"Setting batch_size={cfg.batch_size} must be even for mixup_mode={cfg.mixup_mode!r}; use an even batch.")
+    check_mixup_batch(cfg.batch_size, cfg.mixup_alpha, cfg.cutmix_alpha)
     need(re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', cfg.device) is not None,
          f"Setting device={cfg.device!r} is not one of auto, cpu, cuda, cuda:N, mps.")
     need(cfg.run_name == '' or re.fullmatch(r'[\w.+=-]+', cfg.run_name) is not None and cfg.run_name not in ('.', '..'),

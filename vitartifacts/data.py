@@ -22,6 +22,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.mixup import mixup_target
 
+from .config import check_mixup_batch
+
 log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = '~/.cache/vitartifacts'
 
@@ -684,6 +686,7 @@ def build_data(
     `Config`'s fields, so the training code calls `build_data(**data_kwargs(cfg))`."""
     dataset = resolve_dataset(dataset, data_path)
     if img_size < 8: raise ValueError(f"img_size={img_size} must be at least 8 pixels.")
+    check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
     tf_train = train_transform(img_size, crop_scale, hflip=hflip, three_augment=three_augment, color_jitter=color_jitter, draft=draft)
     tf_val = val_transform(img_size, draft=draft)
     root = None
@@ -707,8 +710,6 @@ def build_data(
         train_set = CheckedImageFolder(root / 'train', classes, tf_train, skip_corrupt, lazy_jpeg=draft)
         val_set = CheckedImageFolder(root / 'val', classes, tf_val, skip_corrupt, lazy_jpeg=draft)
     mixup_fn = build_mixup(len(classes), mixup_alpha, cutmix_alpha, mixup_switch_prob, mixup_mode, smoothing)
-    if isinstance(mixup_fn, Mixup) and mixup_mode == 'elem' and batch_size % 2:
-        raise ValueError(f"batch_size={batch_size} must be even for Mixup/CutMix in mixup_mode='elem'.")
     probe_images, probe_labels, probe_idx = probe_set(val_set, probe_size, probe_seed)
     train_set, val_set = _subset(train_set, train_subset, seed), _subset(val_set, val_subset, seed)
     train_loader, val_loader = build_loaders(train_set, val_set, batch_size, num_workers, seed, repeated_aug, num_repeats,

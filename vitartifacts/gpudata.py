@@ -17,6 +17,7 @@ from torch import Tensor
 from PIL import Image, ImageFilter, ImageOps
 from timm.data.mixup import mixup_target
 
+from .config import check_mixup_batch
 from .data import DECODE_ERRORS, class_folders, scan_split
 
 # %% auto #0
@@ -524,7 +525,7 @@ class BatchMixup:
 
     def __call__(self, x: Tensor, target: Tensor, rng=None) -> tuple[Tensor, Tensor]:
         "Mix a batch; `rng` is a numpy Generator or RandomState, by default numpy's global one (as timm)."
-        if len(x) % 2: raise ValueError(f"Mixup needs an even batch size, got {len(x)}.")
+        check_mixup_batch(len(x), self.mixup_alpha, self.cutmix_alpha)
         return self.apply(x, target, self.sample(rng if rng is not None else np.random.mtrand._rand, len(x), x.shape[2], x.shape[3]))
 
 # %% ../nbs/03a_gpudata.ipynb #c8bd44d8
@@ -536,6 +537,7 @@ class CachedLoader:
                  prefetch: bool | None = None):   # make batch n+1 while n trains (on a side CUDA stream); None: on CUDA
         if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if not 0 <= rank < world_size: raise ValueError(f"rank={rank} must lie in [0, world_size={world_size}).")
+        if mixup is not None: check_mixup_batch(batch_size, mixup.mixup_alpha, mixup.cutmix_alpha)
         self.cache, self.batch_size, self.device = cache, batch_size, torch.device(device)
         self.augment, self.mixup, self.shuffle, self.drop_last = augment, mixup, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.img_size, self.out_dtype = seed, rank, world_size, img_size, out_dtype

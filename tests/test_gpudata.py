@@ -87,18 +87,18 @@ def test_memory_map_and_device_copy_give_the_same_batches(tmp_path):
 def test_matmul_resampling_and_bf16_output(tmp_path):
     rng = np.random.default_rng(0)
     cache = ImageCache.from_images([_smooth_image(rng, *s) for s in SHAPES], range(8))
-    images, widths, transposed = cache.batch(np.arange(8))
+    images, _, transposed = cache.batch(np.arange(8))
     h, w = cache.sizes(np.arange(8))
     params = BatchAugment().sample(np.random.default_rng(1), h, w)
-    bag = BatchAugment(method='bag').apply(images, widths, transposed, params)
-    mm = BatchAugment(method='matmul').apply(images, widths, transposed, params)
+    bag = BatchAugment(method='bag').apply(images, transposed, params)
+    mm = BatchAugment(method='matmul').apply(images, transposed, params)
     torch.testing.assert_close(mm, bag, atol=1e-4, rtol=0)
     for dtype in (torch.float16, torch.bfloat16):      # half-precision resampling, as on a GPU's tensor cores
-        half = BatchAugment(method='matmul', resample_dtype=dtype).apply(images, widths, transposed, params)
+        half = BatchAugment(method='matmul', resample_dtype=dtype).apply(images, transposed, params)
         # float16 within half a grey level of float32 (seen: 0.24), bfloat16 (8-bit mantissa) within 3 (seen: 2.0)
         levels = 0.5 if dtype == torch.float16 else 3.0
         torch.testing.assert_close(half, bag, atol=levels / 255 / 0.224, rtol=0)
-    bf = BatchAugment(out_dtype=torch.bfloat16).apply(images, widths, transposed, params)
+    bf = BatchAugment(out_dtype=torch.bfloat16).apply(images, transposed, params)
     assert bf.dtype == torch.bfloat16
     torch.testing.assert_close(bf.float(), bag, atol=0.05, rtol=0.01)
 

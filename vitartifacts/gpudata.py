@@ -375,7 +375,7 @@ class BatchAugment:
             p['order'] = np.argsort(rng.random((B, 3)), 1)
         return p
 
-    def apply(self, images: Tensor, widths: Tensor, transposed: Tensor, params: dict) -> Tensor:
+    def apply(self, images: Tensor, transposed: Tensor, params: dict) -> Tensor:
         "The augmented, normalized batch [B, 3, img_size, img_size] from uint8 slots, with parameters from `sample`."
         p = _to(params, images.device)
         i, j, h, w = p['box'].unbind(1)
@@ -397,7 +397,7 @@ class BatchAugment:
     def __call__(self, images: Tensor, widths: Tensor, transposed: Tensor, rng) -> Tensor:
         w, t = widths.cpu().numpy(), transposed.cpu().numpy()
         short = images.shape[2]
-        return self.apply(images, widths, transposed, self.sample(rng, np.where(t, w, short), np.where(t, short, w)))
+        return self.apply(images, transposed, self.sample(rng, np.where(t, w, short), np.where(t, short, w)))
 
 
 def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, mean, std, out_dtype) -> Tensor:
@@ -587,7 +587,7 @@ class CachedLoader:
         if self.augment is None:
             return center_crop_batch(images, widths, transposed, self.img_size, out_dtype=self.out_dtype), labels
         h, w = self.cache.sizes(idx)
-        x = self.augment.apply(images, widths, transposed, self.augment.sample(rng, h, w))
+        x = self.augment.apply(images, transposed, self.augment.sample(rng, h, w))
         if self.mixup is None: return x.to(self.out_dtype), labels
         x, targets = self.mixup.apply(x, labels, self.mixup.sample(rng, len(x), x.shape[2], x.shape[3]))
         return x.to(self.out_dtype), targets

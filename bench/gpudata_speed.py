@@ -6,11 +6,12 @@
 Data: ImageNet-shaped synthetic JPEGs (500x375 landscape and 375x500 portrait, quality 90), written to a temporary
 ImageFolder. Every variant produces what the training step consumes: normalized 224 px images and Mixup/CutMix soft
 targets for a batch. Variants:
-  pil_jpeg     torchvision ImageFolder (JPEG decode) + DeiT III's PIL transforms in a DataLoader with --workers
-               processes, then timm's Mixup on the batch; the standard path
+  pil_jpeg     torchvision ImageFolder (full JPEG decode) + DeiT III's per-image PIL transforms
+               (`pil_reference_transform`, i.e. vitartifacts.data.train_transform without draft decoding) in a
+               DataLoader with --workers processes, then timm's Mixup on the batch; the standard path
   pil_decoded  the same transforms on images already decoded in memory (decoding not counted against PIL)
-  data_jpeg    the project's PIL path, vitartifacts.data.train_transform (JPEG draft decoding at reduced size where
-               the crop allows), same DataLoader and Mixup
+  data_jpeg    the project's PIL path, vitartifacts.data.train_transform with JPEG draft decoding at reduced size where
+               the crop allows, same DataLoader and Mixup
   batched      vitartifacts CachedLoader over the uint8 cache (memory-mapped on CPU, copied to the GPU with --device
                cuda): batched RandomResizedCrop, flip, 3-Augment, ColorJitter, normalization, BatchMixup
 plus the one-time cost of building the cache. Images/s is the median over `--reps` timed passes of `--batches` batches.

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vitartifacts.data import CheckedImageFolder, check_imagefolder
-from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache, IMAGENET_MEAN, IMAGENET_STD,
+from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache,
                                   _smooth_image, pil_reference_transform, prepare_cache, prepare_data_command)
 
 SHAPES = [(375, 500), (500, 375), (256, 256), (200, 600), (333, 500), (480, 640), (240, 320), (600, 400)]
@@ -122,7 +123,7 @@ def test_resume_in_every_process(tmp_path):
 
 def per_image_stats(x):
     "Per-image channel means and stds in [0, 1] units, and whether the image is gray, from normalized batches."
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
     x = x.float() * std + mean
     gray = ((x[:, 0] - x[:, 1]).abs().amax((1, 2)) < 0.02) & ((x[:, 1] - x[:, 2]).abs().amax((1, 2)) < 0.02)
     sharpness = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))     # small crops are upscaled more: smoother
@@ -133,7 +134,6 @@ def test_same_distribution_as_the_pil_pipeline():
     """Whole pipeline, many draws: per-image colour statistics, sharpness and the gray share agree with DeiT III's PIL
     transform (KS tests; these reject the pipeline without ColorJitter, with jitter 0.6, without 3-Augment, or with
     crops of scale (0.08, 0.5))."""
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     cache = ImageCache.from_images([_smooth_image(rng, 375, 500) for _ in range(4)], range(4))
     sources = [Image.fromarray(np.ascontiguousarray(np.asarray(cache.images[k])[:, :, :int(cache.widths[k])].transpose(1, 2, 0)))
@@ -144,7 +144,7 @@ def test_same_distribution_as_the_pil_pipeline():
     ours = torch.cat([BatchAugment(img_size=112)(images[s:s + 100], widths[s:s + 100], transposed[s:s + 100],
                                                  np.random.default_rng(s)) for s in range(0, n, 100)])
     tf = pil_reference_transform(112)
-    import random; random.seed(0)
+    torch.manual_seed(1)                             # the PIL reference draws from torch's generator
     ref = torch.stack([tf(sources[k]) for k in idx])
     (om, osd, og, osh), (rm, rsd, rg, rsh) = per_image_stats(ours), per_image_stats(ref)
     for c in range(3):

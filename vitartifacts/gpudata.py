@@ -14,21 +14,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import mixup_target
 
 from .config import check_mixup_batch
-from .data import DECODE_ERRORS, class_folders, scan_split
+from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'prepare_cache', 'prepare_data_command',
-           'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch', 'solarize_batch',
-           'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment', 'normalize', 'center_crop_batch',
-           'reference_augment', 'BatchMixup', 'CachedLoader', 'pil_reference_transform']
+__all__ = ['CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps',
+           'resized_crop_batch', 'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch',
+           'BatchAugment', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader',
+           'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_VERSION = 1
 
 
@@ -352,7 +351,7 @@ class BatchAugment:
                  three_augment: bool = True,               # one of grayscale / solarize / blur per image
                  color_jitter: float = 0.3,                # brightness, contrast and saturation strength; 0: off
                  blur_sigma: tuple = (0.1, 2.0),           # Gaussian blur sigma range (DeiT III's PIL radius)
-                 mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,
+                 mean: tuple = IMAGENET_DEFAULT_MEAN, std: tuple = IMAGENET_DEFAULT_STD,
                  out_dtype: torch.dtype = torch.float32,   # e.g. torch.bfloat16 to feed an autocast model
                  method: str = 'bag',                      # resampling kernel, see `resized_crop_batch`
                  resample_dtype: torch.dtype = torch.float32,  # of the resampling; e.g. float16 with 'matmul' on CUDA
@@ -406,14 +405,14 @@ def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, m
     return normalize(x, mean, std).to(out_dtype)
 
 
-def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
+def normalize(x: Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> Tensor:
     "(x - mean) / std per channel."
     m, s = torch.tensor(mean, device=x.device, dtype=x.dtype), torch.tensor(std, device=x.device, dtype=x.dtype)
     return torch.addcmul((-m / s).view(1, -1, 1, 1), x, (1 / s).view(1, -1, 1, 1))   # one pass
 
 
 def center_crop_batch(images: Tensor, widths: Tensor, transposed: Tensor, img_size: int = 224,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dtype=torch.float32, method: str = 'bag') -> Tensor:
+                      mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, out_dtype=torch.float32, method: str = 'bag') -> Tensor:
     "Evaluation: the central square of each image resized to `img_size` (Resize + CenterCrop at crop ratio 1), normalized."
     short = images.shape[2]
     j = torch.round((widths.to(torch.float64) - short) / 2).long()          # torchvision CenterCrop's rounding
@@ -422,7 +421,7 @@ def center_crop_batch(images: Tensor, widths: Tensor, transposed: Tensor, img_si
 
 # %% ../nbs/03a_gpudata.ipynb #f7d156c7
 def reference_augment(slot: Tensor, width: int, transposed: bool, params: dict, b: int, img_size: int = 224,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
+                      mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> Tensor:
     "Sample `b` of a batch augmented by torchvision's functional ops, one image at a time (the check for `BatchAugment`)."
     import torchvision.transforms.functional as TF
     img = slot[:, :, :width].float() / 255
@@ -612,21 +611,6 @@ class CachedLoader:
         self.epoch, self.step = epoch + 1, 0
 
 # %% ../nbs/03a_gpudata.ipynb #89968537
-class _Solarize:
-    def __call__(self, img): return ImageOps.solarize(img)
-
-
-class _PilBlur:
-    def __init__(self, sigma=(0.1, 2.0)): self.sigma = sigma
-    def __call__(self, img):
-        import random
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
-
-
 def pil_reference_transform(img_size: int = 224, color_jitter: float = 0.3):
-    "DeiT III's per-image PIL training transform (`new_data_aug_generator`), the pipeline `BatchAugment` replaces."
-    from torchvision import transforms as T
-    tfs = [T.RandomResizedCrop(img_size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-           T.RandomHorizontalFlip(), T.RandomChoice([T.Grayscale(num_output_channels=3), _Solarize(), _PilBlur()])]
-    if color_jitter: tfs.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
-    return T.Compose(tfs + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    "DeiT III's per-image PIL training transform, the pipeline `BatchAugment` replaces: `data.train_transform` with full decoding."
+    return train_transform(img_size, color_jitter=color_jitter, draft=False)

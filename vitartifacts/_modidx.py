@@ -271,6 +271,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vitartifacts.gpudata._image_folder': ('gpudata.html#_image_folder', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._jitter_normalize': ( 'gpudata.html#_jitter_normalize',
                                                                                   'vitartifacts/gpudata.py'),
+                                      'vitartifacts.gpudata._keep_rows': ('gpudata.html#_keep_rows', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._mix_pixels': ('gpudata.html#_mix_pixels', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._pil_resized_crop': ( 'gpudata.html#_pil_resized_crop',
                                                                                   'vitartifacts/gpudata.py'),

@@ -164,10 +164,7 @@ def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None
                 images[n], w, t = res
                 labels.append(label); widths.append(w); transposed.append(t); files.append(os.path.relpath(path, root)); n += 1
         images.flush(); del images
-        if n < len(samples):      # skipped corrupt files: shrink the array in place
-            full = np.load(tmp / 'images.npy', mmap_mode='r')
-            np.save(tmp / 'images.part.npy', full[:n]); del full
-            os.replace(tmp / 'images.part.npy', tmp / 'images.npy')
+        if n < len(samples): _keep_rows(tmp / 'images.npy', n)     # skipped corrupt files: cut the unused tail
         np.save(tmp / 'labels.npy', np.asarray(labels, np.int64))
         np.save(tmp / 'widths.npy', np.asarray(widths, np.int64))
         np.save(tmp / 'transposed.npy', np.asarray(transposed, bool))
@@ -179,6 +176,22 @@ def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None
         else: os.replace(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _keep_rows(path: Path, n: int):
+    """Keep the first `n` rows of the .npy array at `path` in place, without copying: rewrite the shape in its header
+    (numpy pads a header so that the first axis can change length in place) and cut the file after row `n`."""
+    fmt = np.lib.format
+    with open(path, 'r+b') as f:
+        version = fmt.read_magic(f)
+        read, write = {(1, 0): (fmt.read_array_header_1_0, fmt.write_array_header_1_0),
+                       (2, 0): (fmt.read_array_header_2_0, fmt.write_array_header_2_0)}[version]
+        shape, fortran_order, dtype = read(f)
+        offset = f.tell()
+        f.seek(0)
+        write(f, dict(descr=fmt.dtype_to_descr(dtype), fortran_order=fortran_order, shape=(n, *shape[1:])))
+        if f.tell() != offset or fortran_order: raise RuntimeError(f"Cannot shorten {path} in place; rebuild the cache.")
+        f.truncate(offset + n * math.prod(shape[1:]) * dtype.itemsize)
 
 
 class _Inline:

@@ -172,10 +172,10 @@ def main():
         if aug_state is not None:
             cache, out_dtype = aug_state
             aug = BatchAugment(args.img_size, out_dtype=out_dtype)
-            idx = np.arange(args.batch_size); h, w = cache.sizes(idx); im, wd, tr = cache.batch(idx, device)
+            idx = np.arange(args.batch_size); h, w = cache.sizes(idx); im, _, tr = cache.batch(idx, device)
             p = aug.sample(np.random.default_rng(0), h, w)
             with profile(activities=[ProfilerActivity.CUDA]) as pr:
-                for _ in range(3): aug.apply(im, wd, tr, p)
+                for _ in range(3): aug.apply(im, tr, p)
                 torch.cuda.synchronize()
             print(pr.key_averages().table(sort_by='cuda_time_total', row_limit=12, max_name_column_width=60))
 

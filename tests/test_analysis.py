@@ -113,3 +113,17 @@ def test_probe_command_on_a_checkpoint_writes_the_same_store(run_dir, tmp_path):
     np.testing.assert_allclose(probed.load(3)['norms'], ref, rtol=2e-3, atol=1e-3)
     table = A.compare_runs([tmp_path / 'probed'])
     assert math.isnan(table.iloc[0].final_val_acc1)
+
+
+def test_run_summary_lists_the_epochs_once(run_dir, monkeypatch):
+    "A run still training writes epochs while it is summarised: every figure must come from one listing of the store."
+    class Growing(ProbeStore):
+        looks = 0
+        @property
+        def epochs(self):                              # one more epoch each time the store is listed
+            Growing.looks += 1
+            return super().epochs[:Growing.looks]
+    monkeypatch.setattr(A, 'ProbeStore', Growing)
+    row = A.run_summary(run_dir)
+    assert (row['probe_epochs'], row['last_probe_epoch']) == (1, 0)
+    assert 0 <= row['final_outlier_ratio'] <= row['peak_outlier_ratio'] <= 1

@@ -405,20 +405,21 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     "The headline figures of one run (see `compare_runs`)."
     run_dir = Path(run_dir)
     store = ProbeStore(run_dir)
-    if not store.epochs and not (run_dir / 'metrics.jsonl').exists():
+    epochs = store.epochs                                  # one listing: a run still training adds epochs meanwhile
+    if not epochs and not (run_dir / 'metrics.jsonl').exists():
         raise FileNotFoundError(f"{run_dir} holds neither probe epochs nor metrics.jsonl; is it a run folder?")
     row = dict(run=run_dir.name, **_run_settings(run_dir))
     acc = [m['val_acc1'] for m in _read_jsonl(run_dir / 'metrics.jsonl') if m.get('val_acc1') is not None]
     row.update(final_val_acc1=acc[-1] if acc else math.nan, best_val_acc1=max(acc) if acc else math.nan)
-    if store.epochs:
-        ov = outliers_over_epochs(store, detector, **kwargs)
+    if epochs:
+        ov = outliers_over_epochs(store, detector, epochs, **kwargs)
         per_epoch = ov.groupby('epoch').outlier_ratio.max()
-        last = store.epochs[-1]
+        last = epochs[-1]
         at_end = ov[ov.epoch == last]
         d, layout = store.load(last, ['attn_received', 'massive_values', 'massive_median']), store.layout
         shares = sink_share(d['attn_received'], layout)
         mass = d['massive_values'][:, 0] / np.maximum(d['massive_median'], 1e-12)
-        row.update(probe_epochs=len(store.epochs), last_probe_epoch=last,
+        row.update(probe_epochs=len(epochs), last_probe_epoch=last,
                    peak_outlier_ratio=float(per_epoch.max()), peak_outlier_epoch=int(per_epoch.idxmax()),
                    final_outlier_ratio=float(per_epoch[last]),
                    outlier_layer=first_separating_layer(at_end.outlier_ratio.values),

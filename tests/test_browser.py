@@ -87,6 +87,25 @@ def test_report_slider_moves_the_views(browser, tmp_path):
     page.close()
 
 
+def test_report_of_a_model_without_cls_token(browser, tmp_path):
+    "A ViT without CLS token (and without any prefix token): the page has no CLS maps to move, and moves the rest."
+    from test_report import no_cls_run
+    from vitartifacts.report import write_report
+    out = write_report([no_cls_run(tmp_path / 'no-cls', 0, weights=False)], tmp_path / 'report.html', detectors=('sigma',))
+    page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+    errors = watch(page)
+    page.goto(out.as_uri())
+    page.wait_for_function('Number(document.body.dataset.updates) >= 1', timeout=60_000)
+    n = int(page.evaluate('document.body.dataset.updates'))
+    overlay = lambda: page.evaluate("() => JSON.stringify(document.getElementById('overlay-0').data[1].z)")
+    before = overlay()
+    page.focus('#layer'); page.keyboard.press('Home')
+    page.wait_for_function(f'Number(document.body.dataset.updates) > {n}', timeout=30_000)
+    assert overlay() != before, 'the norm map did not follow the layer slider'
+    assert errors == [], errors
+    page.close()
+
+
 # ---- JupyterLab -----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

@@ -51,3 +51,48 @@ def test_three_vits_runs_fit_in_20_mb(vits_runs, tmp_path):
     ei = report_epochs(rv.epochs, 41)[20]
     np.testing.assert_array_equal(cls[20, 11, 1], rv.cls_map(ei, 11, 1).ravel())
     assert not list(tmp_path.glob('.report.html*'))           # written atomically: no temporary file left
+
+
+def no_cls_run(run_dir: Path, n_registers: int, weights: bool) -> Path:
+    """A probe store of a ViT without CLS token (mean-pooled, like timm's `*_gap_*` models), as `vitartifacts probe`
+    writes it: with registers, timm's `vit_wee_patch16_reg1_gap_256` at 64 px (its weights kept, so the weight views
+    run); without, a two-block timm ViT with no prefix token at all."""
+    import timm, torch
+    from vitartifacts.probe import probe
+    from vitartifacts.store import ProbeStore
+    torch.manual_seed(0)
+    if n_registers:
+        name = 'vit_wee_patch16_reg1_gap_256'
+        model = timm.create_model(name, pretrained=False, img_size=64, num_classes=4).eval()
+        info = dict(timm_name=name, img_size=64, num_classes=4)
+    else:
+        from timm.models.vision_transformer import VisionTransformer
+        model = VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=4,
+                                  class_token=False, global_pool='avg').eval()
+        info = dict(img_size=64, num_classes=4)
+    x = torch.randn(4, 3, 64, 64)
+    store = ProbeStore(run_dir)
+    for epoch in (0, 1):
+        store.append(epoch, probe(model, x), images=x, weights=model if weights else None, model_info=info)
+    return run_dir
+
+
+@pytest.mark.parametrize('n_registers', [0, 1])
+def test_a_model_without_cls_token(tmp_path, n_registers):
+    from vitartifacts.views import ExploreFigures, weight_views
+    run_dir = no_cls_run(tmp_path / 'no-cls', n_registers, weights=bool(n_registers))
+    run = RunView(run_dir, detectors=('sigma',))
+    assert run.layout.cls_index is None and run.n_registers == n_registers
+    views = ExploreFigures(run)
+    views.update(epoch=0, layer=0, head=1, image=2)                 # every panel moves, none needs a CLS row
+    assert not views['cls'].data and not views['heads'].data        # the CLS panels say there is none
+    np.testing.assert_array_equal(run.cls_map(0, 0, 2), 0)
+    if n_registers:
+        np.testing.assert_array_equal(views['registers'].data[0].z[-4:, :4], run.register_maps(0, 0, 2, head=1)[0])
+        wv = weight_views(run, images=[0, 1])
+        assert wv.rollout is None and wv.pca.shape == (4, 2)
+    out = write_report([run_dir], tmp_path / 'report.html', detectors=('sigma',))
+    data = payload(out.read_text())['runs'][0]
+    assert 'cls' not in data['arrays'] and 'heads' not in data['arrays']
+    assert ('registers' in data['arrays']) == bool(n_registers)
+    assert data['static'] == (['posemb', 'pca'] if n_registers else [])

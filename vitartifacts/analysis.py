@@ -19,12 +19,12 @@ from .store import ProbeStore, _np, atomic_write_json
 # %% auto #0
 __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff',
            'otsu_threshold', 'gaussian_mixture_2', 'outliers_bimodal', 'detect_outliers', 'first_separating_layer',
-           'outlier_norm_ratio', 'outlier_table', 'prefix_maps', 'cls_maps', 'register_maps', 'attention_rollout',
-           'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share', 'sink_share', 'SinkRate',
-           'sink_rate', 'massive_table', 'patch_embeddings', 'neighbour_similarity', 'outlier_redundancy',
-           'position_probe', 'outlier_cache_path', 'outliers_over_epochs', 'sinks_over_epochs', 'run_summary',
-           'compare_runs', 'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set',
-           'probe_command']
+           'outlier_norm_ratio', 'outlier_table', 'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps',
+           'register_maps', 'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance',
+           'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'massive_table', 'patch_embeddings',
+           'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'outliers_over_epochs',
+           'sinks_over_epochs', 'run_summary', 'compare_runs', 'infer_model_args', 'build_probe_model',
+           'read_image_folder', 'named_probe_set', 'probe_command']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -160,32 +160,40 @@ def outlier_table(norms, layout: TokenLayout, detector: str = 'bimodal', **kwarg
                              max_norm_ratio=flat.max(1) / np.median(flat, 1), median_norm=np.median(flat, 1)))
 
 # %% ../nbs/07_analysis.ipynb #24130e5c
+def prefix_tokens(layout: TokenLayout) -> dict[str, int]:
+    "Each prefix token's name and index, {'cls': 0, 'reg0': 1, ...} (no 'cls' for a model without one); the index is also its row of `attn_prefix`."
+    cls = [] if layout.cls_index is None else [layout.cls_index]
+    return dict(zip(layout.prefix_names, cls + list(layout.register_indices)))
+
+
+def attention_maps(attn_prefix, layout: TokenLayout, rows) -> np.ndarray:
+    "Attention of the prefix tokens at `rows` to the patches, on the grid: [..., P, T] -> [..., len(rows), h, w], in the dtype given (stored attention stays undecoded)."
+    a = _np(attn_prefix)[..., list(rows), layout.n_prefix:]                     # ..., R, N
+    return a.reshape(*a.shape[:-1], *layout.grid)
+
+
 def _prefix_row(layout: TokenLayout, token) -> int:
-    names = layout.prefix_names
+    rows = prefix_tokens(layout)
     if isinstance(token, str):
-        if token not in names: raise ValueError(f"token={token!r} is not a prefix token of this model; it has {', '.join(names) or 'none'}.")
-        return names.index(token)
-    if not 0 <= token < len(names): raise ValueError(f"token={token} is out of range; this model has {len(names)} prefix tokens.")
+        if token not in rows: raise ValueError(f"token={token!r} is not a prefix token of this model; it has {', '.join(rows) or 'none'}.")
+        return rows[token]
+    if not 0 <= token < len(rows): raise ValueError(f"token={token} is out of range; this model has {len(rows)} prefix tokens.")
     return int(token)
 
 
 def prefix_maps(attn_prefix, layout: TokenLayout, token: str | int = 'cls') -> np.ndarray:
     "Attention of one prefix token ('cls', 'reg0', ... or its row) to the patches, on the grid: [depth, K, H, h, w]."
-    a = _np(attn_prefix)[..., _prefix_row(layout, token), layout.n_prefix:]     # depth, K, H, N
-    return a.reshape(*a.shape[:-1], *layout.grid)
+    return attention_maps(attn_prefix, layout, [_prefix_row(layout, token)])[..., 0, :, :]
 
 
 def cls_maps(attn_prefix, layout: TokenLayout) -> np.ndarray:
-    "CLS-to-patch attention maps [depth, K, H, h, w]."
+    "CLS-to-patch attention maps [depth, K, H, h, w] (a model without CLS token: ValueError)."
     return prefix_maps(attn_prefix, layout, 'cls')
 
 
 def register_maps(attn_prefix, layout: TokenLayout) -> np.ndarray:
     "Register-to-patch attention maps [depth, K, H, R, h, w] (R = 0 for a model without registers)."
-    a = _np(attn_prefix)
-    rows = [layout.prefix_names.index(f'reg{i}') for i in range(layout.n_registers)]
-    a = a[..., rows, layout.n_prefix:]                                           # depth, K, H, R, N
-    return a.reshape(*a.shape[:-1], *layout.grid)
+    return attention_maps(attn_prefix, layout, layout.register_indices)
 
 # %% ../nbs/07_analysis.ipynb #f7ed7043
 def attention_rollout(attn, head_fusion: str = 'mean', residual: bool = True, start_layer: int = 0) -> np.ndarray:
@@ -246,8 +254,7 @@ def attention_share(attn_received, tokens) -> np.ndarray:
 def sink_share(attn_received, layout: TokenLayout) -> dict[str, np.ndarray]:
     "Attention share [depth, H] of each prefix token ('cls', 'reg0', ...), 'registers', 'patches' and the 'top patch' of each image."
     a = _np(attn_received)
-    prefix = [layout.cls_index] if layout.cls_index is not None else []
-    out = {name: attention_share(a, i) for name, i in zip(layout.prefix_names, prefix + list(layout.register_indices))}
+    out = {name: attention_share(a, i) for name, i in prefix_tokens(layout).items()}
     if layout.n_registers: out['registers'] = attention_share(a, list(layout.register_indices))
     out['patches'] = attention_share(a, list(layout.patch_indices))
     out['top patch'] = a[..., layout.n_prefix:].max(-1).mean(1)

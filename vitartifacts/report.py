@@ -14,9 +14,9 @@ import plotly.io as pio
 
 from .config import atomic_write
 from .store import decode_attention
-from .analysis import compare_runs
+from .analysis import compare_runs, attention_maps
 from .views import (RunView, ExploreFigures, ViewState, DETECTOR_NAMES, weight_views, rollout_figure,
-                                posemb_figure, pca_figure, gif_bytes, _data_uri, _grey)
+                                posemb_figure, pca_figure, gif_bytes, prefix_attention, _data_uri, _grey)
 
 # %% auto #0
 __all__ = ['report_epochs', 'run_report_data', 'report_html', 'write_report', 'report_command']
@@ -46,19 +46,18 @@ def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: 
     "What the page's script needs of one run (arrays as float32 base64, its figures), and what the page shows as is (figures from the weights, the GIF)."
     idx = report_epochs(run.epochs, max_epochs)
     imgs = list(range(min(n_images, run.n_images)))
-    lay, P = run.layout, run.layout.n_prefix
-    cls_row = lay.prefix_names.index('cls') if lay.cls_index is not None else None
-    reg_rows = [lay.prefix_names.index(f'reg{i}') for i in range(lay.n_registers)]
+    lay, P, Kr = run.layout, run.layout.n_prefix, len(imgs)
     cls, regs, heads = [], [], []
     for ei in idx:
         a = run.attn_prefix(ei)[:, imgs]                                                       # depth, Kr, H, P, T
-        cls.append(decode_attention(a[:, :, :, cls_row, P:]).mean(2) if cls_row is not None
-                   else np.zeros((run.depth, len(imgs), lay.grid[0] * lay.grid[1]), np.float32))   # depth, Kr, N
-        regs.append(decode_attention(a[:, :, :, reg_rows, P:]).mean(2))                       # depth, Kr, R, N
-        heads.append(decode_attention(a[-1, :, :, cls_row or 0, P:]).transpose(1, 0, 2))     # H, Kr, N
-    arrays = dict(norms=run.norms[idx][:, :, imgs, P:], cls=np.stack(cls), heads=np.stack(heads),
-                  hist=run.hist[idx], bin_edges=run.bin_edges)
-    if reg_rows: arrays['registers'] = np.stack(regs)
+        if lay.n_registers:
+            regs.append(prefix_attention(a, lay, lay.register_indices).reshape(run.depth, Kr, lay.n_registers, -1))  # depth, Kr, R, N
+        if run.has_cls:
+            cls.append(prefix_attention(a, lay, [lay.cls_index]).reshape(run.depth, Kr, -1))                   # depth, Kr, N
+            heads.append(decode_attention(attention_maps(a[-1], lay, [lay.cls_index])).reshape(Kr, run.n_heads, -1).transpose(1, 0, 2))  # H, Kr, N
+    arrays = dict(norms=run.norms[idx][:, :, imgs, P:], hist=run.hist[idx], bin_edges=run.bin_edges)
+    if run.has_cls: arrays.update(cls=np.stack(cls), heads=np.stack(heads))   # no CLS token: its panels stay empty
+    if lay.n_registers: arrays['registers'] = np.stack(regs)
     state = ViewState(epoch=idx[-1], image=0)
     views = ExploreFigures(run, state=state)
     data = dict(name=run.name, variant=run.variant, depth=run.depth, n_heads=run.n_heads, n_registers=run.n_registers,
@@ -76,9 +75,11 @@ def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: 
         try:
             wv = weight_views(run, images=imgs)
             ims = run.images[wv.images] if run.images is not None else None
-            static = dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {wv.epoch}'),
+            embedded = 'CLS embeddings' if run.has_cls else 'pooled embeddings'
+            static = dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {wv.epoch}') if wv.rollout is not None else None,
                           posemb=posemb_figure(wv.posemb, f'position-embedding similarity, epoch {wv.epoch}'),
-                          pca=pca_figure(wv.pca, wv.classes, wv.pca_var, f'CLS embeddings of the probe set (PCA), epoch {wv.epoch}'))
+                          pca=pca_figure(wv.pca, wv.classes, wv.pca_var, f'{embedded} of the probe set (PCA), epoch {wv.epoch}'))
+            static = {k: f for k, f in static.items() if f is not None}          # no CLS token: no rollout
         except FileNotFoundError as e: data['weights_note'] = str(e)
     data['static'] = list(static)
     return data, dict(figures=static, gif=gif)
@@ -178,7 +179,7 @@ function updateRun(ri, s, details) {
   nm.forEach((v, i) => { if (v > thr) { ox.push((i % w + 0.5) * ps); oy.push((Math.floor(i / w) + 0.5) * ps); } });
   set(p.overlay, {0: {source: r.images[k]}, 1: {z: grid2d(nm, h, w)}, 2: {x: ox, y: oy}},
       {'title.text': `image ${r.image_ids[k]}: norms, ep ${e}, ${layerName(r, l)} (${ox.length} ${det} outliers)`});
-  set(p.cls, {0: {z: grid2d(a.cls.at(ei, al, k), h, w)}}, {'title.text': `CLS attention, block ${al}, mean of heads`});
+  if (a.cls) set(p.cls, {0: {z: grid2d(a.cls.at(ei, al, k), h, w)}}, {'title.text': `CLS attention, block ${al}, mean of heads`});
   if (r.n_registers) {
     const maps = []; for (let i = 0; i < r.n_registers; i++) maps.push(a.registers.at(ei, al, k, i));
     set(p.registers, {0: {z: tile(maps, h, w, Math.min(r.n_registers, 4))}}, {'title.text': `register attention, block ${al}, mean of heads`});
@@ -209,6 +210,7 @@ function updateRun(ri, s, details) {
   // every layer's norms over the median, every head of the last block
   const rel = []; for (let li = 0; li <= r.depth; li++) { const v = a.norms.at(ei, li, k), m = median(v) || 1; rel.push(Array.from(v, x => x / m)); }
   set(p.layers, {0: {z: tile(rel, h, w, Math.min(r.depth + 1, 7))}}, {'title.text': `norm / median norm of image ${r.image_ids[k]} at every layer, epoch ${e}`});
+  if (!a.heads) return;                 // a model without CLS token
   const hm = []; for (let hd = 0; hd < r.n_heads; hd++) hm.push(a.heads.at(ei, hd, k));
   set(p.heads, {0: {z: tile(hm, h, w, Math.min(r.n_heads, 6))}}, {'title.text': `CLS attention of every head, block ${r.depth - 1}, epoch ${e}`});
 }

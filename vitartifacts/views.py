@@ -18,15 +18,15 @@ from plotly.subplots import make_subplots
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 from .config import atomic_write
 from .store import ProbeStore, decode_attention, atomic_write_json
-from .analysis import detect_outliers, sink_share, rollout_maps, compare_runs, build_probe_model
+from .analysis import detect_outliers, sink_share, rollout_maps, compare_runs, build_probe_model, attention_maps
 from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fabricate_run', 'read_metrics', 'epoch_summary',
-           'RunView', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'ExploreFigures',
-           'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes',
-           'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes', 'find_runs',
-           'Explorer', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
+           'RunView', 'prefix_attention', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe',
+           'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
+           'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
+           'find_runs', 'Explorer', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
 
 # %% ../nbs/08a_views.ipynb #f938bbec
 def _fabricated_images(n: int, size: tuple[int, int], patch_size: int, num_classes: int, rng):
@@ -236,6 +236,8 @@ class RunView:
     def grid(self) -> tuple[int, int]: return self.layout.grid
     @property
     def n_registers(self) -> int: return self.layout.n_registers
+    @property
+    def has_cls(self) -> bool: return self.layout.cls_index is not None
 
     # --- reading and summarising -------------------------------------------------------------------
     def _stamp(self, e: int) -> list[int]:
@@ -333,6 +335,11 @@ class RunView:
         return t
 
 # %% ../nbs/08a_views.ipynb #39c3941a
+def prefix_attention(stored, layout: TokenLayout, rows, head: int | None = None) -> np.ndarray:
+    "Stored prefix attention rows [..., H, P, T] as the maps of the tokens at `rows` over the patches, decoded: the mean over heads (None) or one head, [..., len(rows), h, w]."
+    a = stored if head is None else stored[..., [head], :, :]
+    return decode_attention(attention_maps(a, layout, rows)).mean(-4)                 # ..., H, R, h, w -> ..., R, h, w
+
 @patch
 def norm_map(self: RunView, ei: int, layer: int, image: int) -> np.ndarray:
     "Patch-token norms of one image on the grid: [h, w]."
@@ -345,27 +352,26 @@ def patch_norms(self: RunView, ei: int, layer: int) -> np.ndarray:
 
 @patch
 def prefix_maps(self: RunView, ei: int, layer: int, image: int, rows, head: int | None = None) -> np.ndarray:
-    "Attention of prefix tokens `rows` (0: CLS) to the patches, one head or the mean over heads (None): [len(rows), h, w]."
-    a = self.attn_prefix(ei)[self.attn_layer(layer), image]                             # H, P, T
-    a = decode_attention(a[:, rows, self.layout.n_prefix:] if head is None else a[head, rows, self.layout.n_prefix:])
-    return (a.mean(0) if head is None else a).reshape(len(rows), *self.grid)
+    "Attention of the prefix tokens at `rows` (their indices: `analysis.prefix_tokens`) to the patches, one head or the mean over heads (None): [len(rows), h, w]."
+    return prefix_attention(self.attn_prefix(ei)[self.attn_layer(layer), image], self.layout, rows, head)
 
 @patch
 def cls_map(self: RunView, ei, layer, image, head=None) -> np.ndarray:
     "CLS-to-patch attention [h, w] (zeros for a model without CLS token)."
-    if self.layout.cls_index is None: return np.zeros(self.grid, np.float32)
-    return self.prefix_maps(ei, layer, image, [self.layout.prefix_names.index('cls')], head)[0]
+    if not self.has_cls: return np.zeros(self.grid, np.float32)
+    return self.prefix_maps(ei, layer, image, [self.layout.cls_index], head)[0]
 
 @patch
 def register_maps(self: RunView, ei, layer, image, head=None) -> np.ndarray:
     "Register-to-patch attention [R, h, w] (R = 0 without registers)."
-    return self.prefix_maps(ei, layer, image, [self.layout.prefix_names.index(f'reg{i}') for i in range(self.n_registers)], head)
+    return self.prefix_maps(ei, layer, image, self.layout.register_indices, head)
 
 @patch
-def head_maps(self: RunView, ei, layer, image, row: int = 0) -> np.ndarray:
-    "Attention of prefix token `row` to the patches for every head: [H, h, w]."
-    a = decode_attention(self.attn_prefix(ei)[self.attn_layer(layer), image, :, row, self.layout.n_prefix:])
-    return a.reshape(self.n_heads, *self.grid)
+def head_maps(self: RunView, ei, layer, image, row: int | None = None) -> np.ndarray:
+    "Attention of the prefix token at `row` (default: the CLS token; zeros for a model without one) to the patches for every head: [H, h, w]."
+    if row is None and not self.has_cls: return np.zeros((self.n_heads, *self.grid), np.float32)
+    a = self.attn_prefix(ei)[self.attn_layer(layer), image]                             # H, P, T
+    return decode_attention(attention_maps(a, self.layout, [self.layout.cls_index if row is None else row]))[:, 0]
 
 @patch
 def histogram(self: RunView, ei: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -518,6 +524,15 @@ def _tiled_figure(run: 'RunView', n: int, cols: int, labels, colorscale, cell: i
     return fig
 
 
+def _note_figure(text: str, title: str) -> go.Figure:
+    "A small empty panel that says why it is empty (a model without registers, or without CLS token)."
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref='paper', yref='paper')
+    fig.update_xaxes(visible=False); fig.update_yaxes(visible=False)
+    fig.update_layout(width=300, height=200, margin=_MARGIN, title=dict(text=title, font_size=13))
+    return fig
+
+
 def _span(m: pd.DataFrame, keys) -> list[float]:
     "Smallest and largest finite value of columns `keys` (for a vertical epoch marker)."
     v = np.concatenate([m[k].to_numpy(float) for k in keys if k in m] or [np.zeros(1)])
@@ -555,6 +570,7 @@ class ExploreFigures:
         return fig
 
     def _build_cls(self):
+        if not self.run.has_cls: return _note_figure(f'{self.run.name}: no CLS token', 'CLS attention')
         fig = go.Figure([_map_trace(self.run, np.zeros(self.run.grid), ATTN_COLORS, name='CLS')])
         _map_axes(fig, self.run)
         fig.update_layout(width=340, height=340, margin=_MARGIN, title=dict(font_size=13))
@@ -562,12 +578,7 @@ class ExploreFigures:
 
     def _build_registers(self):
         R = self.run.n_registers
-        if not R:
-            fig = go.Figure()
-            fig.add_annotation(text=f'{self.run.name}: no registers', showarrow=False, x=0.5, y=0.5, xref='paper', yref='paper')
-            fig.update_xaxes(visible=False); fig.update_yaxes(visible=False)
-            fig.update_layout(width=300, height=200, margin=_MARGIN, title=dict(text='register attention', font_size=13))
-            return fig
+        if not R: return _note_figure(f'{self.run.name}: no registers', 'register attention')
         cols = min(R, 4)
         return _tiled_figure(self.run, R, cols, [f'reg{i}' for i in range(R)], ATTN_COLORS, cell=130, colorbar_title='attn')
 
@@ -627,6 +638,7 @@ class ExploreFigures:
 
     def _build_heads(self):
         run = self.run
+        if not run.has_cls: return _note_figure(f'{run.name}: no CLS token', 'CLS attention of every head')
         return _tiled_figure(run, run.n_heads, min(run.n_heads, 6), [f'head {i}' for i in range(run.n_heads)], ATTN_COLORS,
                              cell=110, colorbar_title='attn')
 
@@ -653,6 +665,7 @@ def _update_overlay(self: ExploreFigures, fig, s):
 
 @patch
 def _update_cls(self: ExploreFigures, fig, s):
+    if not self.run.has_cls: return
     fig.data[0].z = self.run.cls_map(s.epoch, s.layer, s.image, s.head)
     head = 'mean of heads' if s.head is None else f'head {s.head}'
     fig.layout.title.text = f'CLS attention, block {self.run.attn_layer(s.layer)}, {head}'
@@ -723,6 +736,7 @@ def _update_layers(self: ExploreFigures, fig, s):
 @patch
 def _update_heads(self: ExploreFigures, fig, s):
     run = self.run
+    if not run.has_cls: return
     fig.data[0].z = self._gaps(tile(run.head_maps(s.epoch, s.layer, s.image), min(run.n_heads, 6)))
     fig.layout.title.text = f'CLS attention of every head, block {run.attn_layer(s.layer)}, epoch {run.epochs[s.epoch]}'
 
@@ -758,11 +772,13 @@ def posemb_figure(sim: np.ndarray, title: str = 'position-embedding similarity')
 # %% ../nbs/08a_views.ipynb #e4b88980
 @torch.no_grad()
 def cls_embeddings(model, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    "The CLS token after the final norm for each image: [K, C]."
+    "The CLS token after the final norm for each image: [K, C]; for a model without one, the pooled tokens its head sees."
     model.eval()
     dev = next(model.parameters()).device
-    out = [model.forward_features(images[i:i + batch_size].to(dev))[:, 0].float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+    def embed(x):
+        tokens = model.forward_features(x.to(dev))
+        return tokens[:, 0] if getattr(model, 'cls_token', None) is not None else model.forward_head(tokens, pre_logits=True)
+    return torch.cat([embed(images[i:i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)]).numpy()
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -813,7 +829,7 @@ def rollout_figure(maps: np.ndarray, images=None, title: str = 'attention rollou
 class WeightViews:
     "What the views compute from a model's weights: rollout maps, position-embedding similarity, CLS embeddings in 2-D."
     epoch: int
-    rollout: np.ndarray        # [B, h, w] for the probe images asked for
+    rollout: np.ndarray | None # [B, h, w] for the probe images asked for (None: a model without CLS token)
     images: list[int]          # which probe images
     posemb: np.ndarray         # [h, w, h, w]
     pca: np.ndarray            # [K, 2]
@@ -822,12 +838,13 @@ class WeightViews:
 
 
 def weight_views(run: 'RunView', epoch: int | None = None, images=(0, 1, 2, 3)) -> WeightViews:
-    "Rollout, position-embedding similarity and the PCA of the CLS embeddings with the weights kept at or before `epoch`."
+    "Rollout (of the CLS row: none without CLS token), position-embedding similarity and the PCA of the CLS embeddings with the weights kept at or before `epoch`."
     model, e = run.model(epoch)
     x = run.store.images(normalized=True)
     images = [i for i in images if i < len(x)]
     pts, var = pca_2d(cls_embeddings(model, x))
-    return WeightViews(e, rollout_maps(model, x[images]), images, posemb_similarity(model), pts, var, probe_classes(run))
+    rollout = rollout_maps(model, x[images]) if run.has_cls else None
+    return WeightViews(e, rollout, images, posemb_similarity(model), pts, var, probe_classes(run))
 
 # %% ../nbs/08a_views.ipynb #cca3bb5a
 def _lut(colors=None, n: int = 256) -> np.ndarray:

@@ -10,7 +10,8 @@ recomputed and pushed (FigureWidget.batch_update) is measured. Target: median <=
     .venv/bin/python bench/explore_speed.py --moves 300 --repeats 5
 
 Also reported: opening the run (first time: every detector on every layer and epoch; then from
-the run's summary cache), and moves to epochs whose attention maps are not in memory ("cold").
+the run's caches: analysis' outlier tables and the views' sink shares), and moves to epochs whose
+attention maps are not in memory ("cold").
 """
 import argparse, os, platform, random, statistics, sys, time
 from pathlib import Path
@@ -56,10 +57,9 @@ def main(argv=None):
         t = time.perf_counter()
         fabricate_run(run_dir, 'vanilla')                # ViT-S defaults: 81 epochs, 12 blocks, 6 heads, K = 64, 14 x 14
         print(f'fabricated {run_dir} in {time.perf_counter() - t:.1f} s')
-    cache = run_dir / '.views_cache.npz'
-    first = not cache.exists()
+    first = not ((run_dir / '.views_cache.npz').exists() and (run_dir / '.analysis_cache').is_dir())
     t = time.perf_counter(); run = RunView(run_dir); t_open = time.perf_counter() - t
-    print(f"opened {run} in {t_open:.1f} s ({'first time: every detector on every layer and epoch' if first else 'summaries from the cache'})")
+    print(f"opened {run} in {t_open:.1f} s ({'first time: every detector on every layer and epoch' if first else 'summaries from the caches'})")
     if first:
         t = time.perf_counter(); run = RunView(run_dir); print(f'opened again (from the cache) in {time.perf_counter() - t:.2f} s')
     t = time.perf_counter(); run.preload(); print(f'attention maps of all {len(run.epochs)} epochs read in {time.perf_counter() - t:.2f} s')

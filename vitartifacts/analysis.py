@@ -22,9 +22,9 @@ __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms
            'outlier_norm_ratio', 'outlier_table', 'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps',
            'register_maps', 'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance',
            'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'massive_table', 'patch_embeddings',
-           'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'outliers_over_epochs',
-           'sinks_over_epochs', 'run_summary', 'compare_runs', 'infer_model_args', 'build_probe_model',
-           'read_image_folder', 'named_probe_set', 'probe_command']
+           'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'epoch_stamp',
+           'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_summary', 'compare_runs', 'infer_model_args',
+           'build_probe_model', 'read_image_folder', 'named_probe_set', 'probe_command']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -155,9 +155,10 @@ def outlier_table(norms, layout: TokenLayout, detector: str = 'bimodal', **kwarg
     "Per layer: outlier ratio, threshold, separation, outlier-to-median norm ratio, and max-to-median norm ratio."
     o, pn = detect_outliers(norms, layout, detector, **kwargs), patch_norms(norms, layout)
     flat = pn.reshape(len(pn), -1)
+    median = np.median(flat, 1)
     return pd.DataFrame(dict(layer=np.arange(len(pn)), outlier_ratio=o.ratio, threshold=o.threshold,
                              separation=o.separation, norm_ratio=outlier_norm_ratio(pn, o.mask),
-                             max_norm_ratio=flat.max(1) / np.median(flat, 1), median_norm=np.median(flat, 1)))
+                             max_norm_ratio=flat.max(1) / median, median_norm=median))
 
 # %% ../nbs/07_analysis.ipynb #24130e5c
 def prefix_tokens(layout: TokenLayout) -> dict[str, int]:
@@ -353,30 +354,44 @@ def outlier_cache_path(store: ProbeStore, detector: str, **kwargs) -> Path:
     return store.run_dir / '.analysis_cache' / f"outliers-{detector}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
+def epoch_stamp(store: ProbeStore, epoch: int) -> list[int]:
+    "The epoch file's size and modification time (ns): what the caches file an epoch's results under (a rewritten epoch gets a new stamp)."
+    st = store.epoch_path(epoch).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def read_norms(store: ProbeStore, epoch: int) -> tuple[list[int], np.ndarray]:
+    "An epoch's stamp and token norms [L, K, T] (float32). The stamp is taken first: a result filed under it is at worst recomputed, never stale."
+    return epoch_stamp(store, epoch), store.load(epoch, ['norms'])['norms']
+
+
 def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: list[int] | None = None,
-                         cache: bool = True, **kwargs) -> pd.DataFrame:
+                         cache: bool = True, norms: dict | None = None, **kwargs) -> pd.DataFrame:
     """`outlier_table` of every stored epoch, with an epoch column.
     With `cache`, each epoch's table is kept in `run_dir/.analysis_cache/` under the detector, its settings and the
-    epoch file's size and time: later calls (another `compare_runs`, the report) read it instead of refitting, and an
-    epoch written again is refitted. A run folder that cannot be written to is analysed without the cache."""
+    epoch file's size and time (`epoch_stamp`): later calls (the views, another `compare_runs`, the report) read it
+    instead of refitting, and an epoch written again is refitted. A run folder that cannot be written to is analysed
+    without the cache. `norms` maps epochs to what `read_norms` returned for them, for a caller that has read them
+    already (the views): those are not read again."""
     layout, epochs = store.layout, store.epochs if epochs is None else list(epochs)
     path = outlier_cache_path(store, detector, **kwargs) if cache else None
     try: memo = json.loads(path.read_text()) if path and path.exists() else {}
     except (OSError, ValueError): memo = {}               # unreadable or damaged: recompute
-    tables, fresh = [], False
+    columns, dtypes, fresh = {}, {}, False
     for e in epochs:
-        st = store.epoch_path(e).stat()
-        stamp, hit = [st.st_size, st.st_mtime_ns], memo.get(str(e))
-        if hit is not None and hit.get('stamp') == stamp: t = pd.DataFrame(hit['table']).astype(hit['dtypes'])
-        else:
-            t = outlier_table(store.load(e, ['norms'])['norms'], layout, detector, **kwargs)
-            memo[str(e)] = dict(stamp=stamp, table={c: t[c].tolist() for c in t}, dtypes={c: str(t[c].dtype) for c in t})
+        stamp, given = norms[e] if norms and e in norms else (epoch_stamp(store, e), None)
+        hit = memo.get(str(e))
+        if hit is None or hit.get('stamp') != stamp:
+            t = outlier_table(store.load(e, ['norms'])['norms'] if given is None else given, layout, detector, **kwargs)
+            hit = memo[str(e)] = dict(stamp=stamp, table={c: t[c].tolist() for c in t}, dtypes={c: str(t[c].dtype) for c in t})
             fresh = True
-        tables.append(t.assign(epoch=e))
+        for c, values in hit['table'].items(): columns.setdefault(c, []).extend(values)
+        columns.setdefault('epoch', []).extend([e] * len(values))
+        dtypes.update(hit['dtypes'])
     if path is not None and fresh:
         try: atomic_write_json(path, memo)
         except OSError: pass                              # a read-only run folder: no cache, same answer
-    return pd.concat(tables, ignore_index=True)
+    return pd.DataFrame(columns).astype(dtypes)           # one frame for all epochs: a frame per epoch cost more than reading the cache
 
 
 def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, threshold: float = 0.3) -> pd.DataFrame:

@@ -18,7 +18,8 @@ from plotly.subplots import make_subplots
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 from .config import atomic_write
 from .store import ProbeStore, decode_attention, atomic_write_json
-from .analysis import detect_outliers, sink_share, rollout_maps, compare_runs, build_probe_model, attention_maps
+from .analysis import (sink_share, rollout_maps, compare_runs, build_probe_model, attention_maps, epoch_stamp,
+                                   read_norms, outliers_over_epochs)
 from fastcore.basics import patch
 
 # %% auto #0
@@ -154,7 +155,7 @@ def fabricate_run(
 
 # %% ../nbs/08a_views.ipynb #e19762f2
 DETECTOR_NAMES = ('bimodal', 'sigma', 'cutoff')
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2      # 2: the views cache keeps the sink shares only; the outliers are in analysis' cache
 
 
 def _read_raw(store: ProbeStore, epoch: int, key: str) -> np.ndarray:
@@ -181,21 +182,31 @@ def read_metrics(run_dir: Path | str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def epoch_summary(run_dir: Path | str, epoch: int, detectors=DETECTOR_NAMES) -> dict:
-    "What the views need of one probe epoch besides the maps: each detector's threshold and outlier ratio per layer [L], the sink shares [depth, H]."
-    store = ProbeStore(run_dir)
-    layout, norms = store.layout, _read_raw(store, epoch, 'norms').astype(np.float32)
-    out = {}
+def _outlier_summaries(store: ProbeStore, epochs: list[int], detectors, norms: dict | None = None) -> dict[int, dict]:
+    "Per epoch: each detector's threshold and outlier ratio per layer [L] ('threshold/<detector>', 'ratio/<detector>'), by `analysis.outliers_over_epochs` and its cache."
+    out = {e: {} for e in epochs}
     for d in detectors:
-        o = detect_outliers(norms, layout, d)
-        out[f'threshold/{d}'], out[f'ratio/{d}'] = np.asarray(o.threshold, np.float64), np.asarray(o.ratio, np.float64)
-    for k, v in sink_share(decode_attention(_read_raw(store, epoch, 'attn_received')), layout).items():
-        out[f'sink/{k}'] = np.asarray(v, np.float32)
+        t = outliers_over_epochs(store, d, epochs, norms=norms)                     # L rows per epoch, in order
+        thr, ratio = (t[c].to_numpy(np.float64).reshape(len(epochs), -1) for c in ('threshold', 'outlier_ratio'))
+        for i, e in enumerate(epochs): out[e][f'threshold/{d}'], out[e][f'ratio/{d}'] = thr[i], ratio[i]
     return out
+
+
+def _sink_summary(store: ProbeStore, epoch: int) -> dict:
+    "The sink shares [depth, H] of one epoch ('sink/<token>'): what `run_dir/.views_cache.npz` keeps."
+    a = decode_attention(_read_raw(store, epoch, 'attn_received'))
+    return {f'sink/{k}': np.asarray(v, np.float32) for k, v in sink_share(a, store.layout).items()}
+
+
+def epoch_summary(run_dir: Path | str, epoch: int, detectors=DETECTOR_NAMES, norms=None) -> dict:
+    "What the views need of one probe epoch besides the maps: each detector's threshold and outlier ratio per layer [L], the sink shares [depth, H]; `norms`: the epoch's `analysis.read_norms`, if read already."
+    store = ProbeStore(run_dir)
+    return {**_outlier_summaries(store, [epoch], detectors, None if norms is None else {epoch: norms})[epoch],
+            **_sink_summary(store, epoch)}
 
 # %% ../nbs/08a_views.ipynb #ce689053
 class RunView:
-    "One run's probe store, read and summarised once (kept in `run_dir/.views_cache.npz`) for fast views; attention maps are read per epoch and cached."
+    "One run's probe store, read and summarised once (outliers in analysis' `.analysis_cache/`, sink shares in `run_dir/.views_cache.npz`) for fast views; attention maps are read per epoch and cached."
     def __init__(self,
                  run_dir: Path | str,                  # a run folder holding probes/ (and metrics.jsonl, config.yaml)
                  detectors=DETECTOR_NAMES,             # outlier detectors of `vitartifacts.analysis` to run
@@ -221,6 +232,7 @@ class RunView:
         self._attn, self._lock = OrderedDict(), threading.Lock()
         self._summary: dict[int, dict] = {}
         self._norms: dict[int, np.ndarray] = {}
+        self._stamps: dict[int, list[int]] = {}                  # the stamp (analysis.epoch_stamp) each epoch was read under
         self.epochs: list[int] = []
         try: self.images = self.store.images()
         except FileNotFoundError: self.images = None
@@ -240,15 +252,13 @@ class RunView:
     def has_cls(self) -> bool: return self.layout.cls_index is not None
 
     # --- reading and summarising -------------------------------------------------------------------
-    def _stamp(self, e: int) -> list[int]:
-        st = self.store.epoch_path(e).stat()
-        return [st.st_size, st.st_mtime_ns]
+    def _stamp(self, e: int) -> list[int]: return epoch_stamp(self.store, e)
 
     def _load_cache(self, stamps: dict) -> dict:
         p = self.run_dir / '.views_cache.npz'
         try:
             with np.load(p, allow_pickle=False) as z:
-                if int(z['version']) != _CACHE_VERSION or list(z['detectors']) != list(self.detectors): return {}
+                if int(z['version']) != _CACHE_VERSION: return {}
                 keys = [k for k in z.files if '/' in k]
                 out = {}
                 for i, e in enumerate(z['epochs'].tolist()):
@@ -258,26 +268,28 @@ class RunView:
 
     def _save_cache(self, stamps: dict):
         es = sorted(self._summary)
-        arrays = dict(version=np.int64(_CACHE_VERSION), detectors=np.array(self.detectors), epochs=np.array(es),
-                      stamps=np.array([stamps[e] for e in es], np.int64))
-        for k in self._summary[es[0]]: arrays[k] = np.stack([self._summary[e][k] for e in es])
+        arrays = dict(version=np.int64(_CACHE_VERSION), epochs=np.array(es), stamps=np.array([stamps[e] for e in es], np.int64))
+        for k in self._summary[es[0]]:
+            if k.startswith('sink/'): arrays[k] = np.stack([self._summary[e][k] for e in es])   # outliers: analysis' cache
         try: atomic_write(self.run_dir / '.views_cache.npz', lambda f: np.savez(f, **arrays))
         except OSError: pass                                       # a read-only run: no cache, same views
 
     def refresh(self) -> bool:
-        "Read the probe epochs written since the last look (a run may still be training) and the metrics; True if any were new."
+        "Read the probe epochs written (or written again) since the last look (a run may still be training) and the metrics; True if there were any."
         self.metrics = read_metrics(self.run_dir)
         on_disk = self.store.epochs
-        new = [e for e in on_disk if e not in self._summary]
-        if not new: return False
-        stamps = {e: self._stamp(e) for e in on_disk}
-        cached = self._load_cache(stamps)
-        todo = [e for e in new if e not in cached]
-        for e in todo: cached[e] = epoch_summary(self.run_dir, e, self.detectors)
-        for e in new:
-            self._summary[e] = cached[e]
-            self._norms[e] = _read_raw(self.store, e, 'norms').astype(np.float32)
-        if todo: self._save_cache(stamps)
+        fresh = [e for e in on_disk if self._stamps.get(e) != self._stamp(e)]
+        if not fresh: return False
+        read = {e: read_norms(self.store, e) for e in fresh}                   # each epoch's norms are read once
+        for e, (stamp, norms) in read.items():
+            self._stamps[e], self._norms[e] = stamp, norms
+            with self._lock: self._attn.pop(e, None)                             # written again: its maps too
+        cached = self._load_cache(self._stamps)
+        todo = [e for e in fresh if e not in cached]
+        for e in todo: cached[e] = _sink_summary(self.store, e)
+        outliers = _outlier_summaries(self.store, fresh, self.detectors, read)   # analysis' cache: fitted once per epoch
+        for e in fresh: self._summary[e] = {**cached[e], **outliers[e]}
+        if todo: self._save_cache(self._stamps)
         self.epochs = sorted(self._summary)
         S = self._summary
         self.norms = np.stack([self._norms[e] for e in self.epochs])                     # E, L+1, K, T

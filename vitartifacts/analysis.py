@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_analysis.ipynb #63e1cc1f
 from __future__ import annotations
-import hashlib, json, math
+import dataclasses, hashlib, json, math, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,8 @@ from torch import nn
 
 from .probe import ProbeResult, TokenLayout, probe
 from .store import ProbeStore, _np, atomic_write_json
+from .config import Config
+from .train import read_metrics
 
 # %% auto #0
 __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff',
@@ -23,8 +25,8 @@ __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms
            'register_maps', 'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance',
            'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'massive_table', 'patch_embeddings',
            'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'epoch_stamp',
-           'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_summary', 'compare_runs', 'infer_model_args',
-           'build_probe_model', 'read_image_folder', 'named_probe_set', 'probe_command']
+           'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_settings', 'run_summary', 'compare_runs',
+           'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set', 'probe_command']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -406,21 +408,14 @@ def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, thresh
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #ad552ec8
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists(): return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try: lines.append(json.loads(line))
-        except json.JSONDecodeError: pass          # a line being written right now
-    return lines
-
-
-def _run_settings(run_dir: Path) -> dict:
-    p = run_dir / 'config.yaml'
+def run_settings(run_dir: Path | str) -> dict:
+    "The settings in the run's config.yaml (read by `Config.load`) as a dict; empty without one. One that cannot be read warns and counts as none: the probes and metrics can still be looked at."
+    p = Path(run_dir) / 'config.yaml'
     if not p.exists(): return {}
-    import yaml
-    cfg = yaml.safe_load(p.read_text()) or {}
-    return {k: cfg[k] for k in ('model', 'size', 'n_registers', 'gate', 'epochs') if k in cfg}
+    try: return dataclasses.asdict(Config.load(p))
+    except ValueError as e:
+        warnings.warn(f"{e} Its settings are left out.")
+        return {}
 
 
 def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dict:
@@ -430,8 +425,9 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     epochs = store.epochs                                  # one listing: a run still training adds epochs meanwhile
     if not epochs and not (run_dir / 'metrics.jsonl').exists():
         raise FileNotFoundError(f"{run_dir} holds neither probe epochs nor metrics.jsonl; is it a run folder?")
-    row = dict(run=run_dir.name, **_run_settings(run_dir))
-    acc = [m['val_acc1'] for m in _read_jsonl(run_dir / 'metrics.jsonl') if m.get('val_acc1') is not None]
+    settings = run_settings(run_dir)
+    row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'epochs') if k in settings})
+    acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
     row.update(final_val_acc1=acc[-1] if acc else math.nan, best_val_acc1=max(acc) if acc else math.nan)
     if epochs:
         ov = outliers_over_epochs(store, detector, epochs, **kwargs)

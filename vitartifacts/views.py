@@ -19,12 +19,13 @@ from .probe import ProbeResult, TokenLayout, MassiveActivations
 from .config import atomic_write
 from .store import ProbeStore, decode_attention, atomic_write_json
 from .analysis import (sink_share, rollout_maps, compare_runs, build_probe_model, attention_maps, epoch_stamp,
-                                   read_norms, outliers_over_epochs)
+                                   read_norms, outliers_over_epochs, run_settings)
+from .train import read_metrics
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fabricate_run', 'read_metrics', 'epoch_summary',
-           'RunView', 'prefix_attention', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe',
+__all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fabricate_run', 'epoch_summary', 'RunView',
+           'prefix_attention', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe',
            'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
            'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
            'find_runs', 'Explorer', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
@@ -163,25 +164,6 @@ def _read_raw(store: ProbeStore, epoch: int, key: str) -> np.ndarray:
     return store.load(epoch, [key], raw=True)[key]
 
 
-def _read_settings(run_dir: Path) -> dict:
-    p = run_dir / 'config.yaml'
-    if not p.exists(): return {}
-    import yaml
-    try: return yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError: return {}
-
-
-def read_metrics(run_dir: Path | str) -> pd.DataFrame:
-    "The run's metrics.jsonl as a table, one row per epoch (empty without one; a line being written is skipped)."
-    p = Path(run_dir) / 'metrics.jsonl'
-    rows = []
-    if p.exists():
-        for line in p.read_text().splitlines():
-            try: rows.append(json.loads(line))
-            except json.JSONDecodeError: pass
-    return pd.DataFrame(rows)
-
-
 def _outlier_summaries(store: ProbeStore, epochs: list[int], detectors, norms: dict | None = None) -> dict[int, dict]:
     "Per epoch: each detector's threshold and outlier ratio per layer [L] ('threshold/<detector>', 'ratio/<detector>'), by `analysis.outliers_over_epochs` and its cache."
     out = {e: {} for e in epochs}
@@ -223,7 +205,7 @@ class RunView:
         meta = self.store.meta
         self.layout: TokenLayout = self.store.layout
         self.depth, self.n_heads, self.n_images = meta['depth'], meta['n_heads'], meta['n_images']
-        self.settings = _read_settings(self.run_dir)
+        self.settings = run_settings(self.run_dir)
         self.model_info = meta.get('model') or {}
         self.variant = self.settings.get('model') or self.model_info.get('variant') or self.model_info.get('timm_name') or 'unknown'
         img = self.settings.get('img_size') or self.model_info.get('img_size')
@@ -276,7 +258,7 @@ class RunView:
 
     def refresh(self) -> bool:
         "Read the probe epochs written (or written again) since the last look (a run may still be training) and the metrics; True if there were any."
-        self.metrics = read_metrics(self.run_dir)
+        self.metrics = pd.DataFrame(read_metrics(self.run_dir))              # one row per epoch
         on_disk = self.store.epochs
         fresh = [e for e in on_disk if self._stamps.get(e) != self._stamp(e)]
         if not fresh: return False

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .probe import ProbeResult, TokenLayout, probe
+from .probe import ProbeResult, TokenLayout, MassiveActivations, probe
 from .store import ProbeStore, _np, atomic_write_json
 from .config import Config
 from .train import read_metrics
@@ -23,10 +23,11 @@ __all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms
            'otsu_threshold', 'gaussian_mixture_2', 'outliers_bimodal', 'detect_outliers', 'first_separating_layer',
            'outlier_norm_ratio', 'outlier_table', 'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps',
            'register_maps', 'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance',
-           'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'massive_table', 'patch_embeddings',
-           'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'epoch_stamp',
-           'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_settings', 'run_summary', 'compare_runs',
-           'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set', 'probe_command']
+           'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'stored_massive', 'massive_table',
+           'patch_embeddings', 'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path',
+           'epoch_stamp', 'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_settings', 'run_summary',
+           'compare_runs', 'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set',
+           'probe_command']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -284,15 +285,20 @@ def sink_rate(attn_received, threshold: float = 0.3) -> SinkRate:
     return SinkRate(float(sink.mean()), sink.mean(1), token)
 
 # %% ../nbs/07_analysis.ipynb #6e012e4d
+def stored_massive(store: ProbeStore, epoch: int) -> MassiveActivations:
+    "The massive activations stored for `epoch`, as the probe measured them (so `.ratio` is the probe's own top-1 over median)."
+    d = store.load(epoch, [f'massive_{k}' for k in ('values', 'dims', 'tokens', 'median')])
+    return MassiveActivations(*(torch.from_numpy(d[f'massive_{k}']) for k in ('values', 'dims', 'tokens', 'median')))
+
+
 def massive_table(store: ProbeStore, epochs: list[int] | None = None) -> pd.DataFrame:
     "Per stored epoch and layer: the largest |activation|, its feature dim and token, the median |activation| and their ratio."
     rows = []
     for e in (store.epochs if epochs is None else epochs):
-        d = store.load(e, ['massive_values', 'massive_dims', 'massive_tokens', 'massive_median'])
-        for layer, (v, dim, tok, med) in enumerate(zip(d['massive_values'][:, 0], d['massive_dims'][:, 0],
-                                                      d['massive_tokens'][:, 0], d['massive_median'])):
-            rows.append(dict(epoch=e, layer=layer, value=float(v), dim=int(dim), token=int(tok),
-                             median=float(med), ratio=float(v / max(med, 1e-12))))
+        m = stored_massive(store, e)
+        for layer, (v, dim, tok, med, ratio) in enumerate(zip(m.values[:, 0].tolist(), m.dims[:, 0].tolist(),
+                                                             m.tokens[:, 0].tolist(), m.median.tolist(), m.ratio.tolist())):
+            rows.append(dict(epoch=e, layer=layer, value=v, dim=dim, token=tok, median=med, ratio=ratio))
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #0c57c89e
@@ -434,14 +440,13 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
         per_epoch = ov.groupby('epoch').outlier_ratio.max()
         last = epochs[-1]
         at_end = ov[ov.epoch == last]
-        d, layout = store.load(last, ['attn_received', 'massive_values', 'massive_median']), store.layout
+        d, layout = store.load(last, ['attn_received']), store.layout
         shares = sink_share(d['attn_received'], layout)
-        mass = d['massive_values'][:, 0] / np.maximum(d['massive_median'], 1e-12)
         row.update(probe_epochs=len(epochs), last_probe_epoch=last,
                    peak_outlier_ratio=float(per_epoch.max()), peak_outlier_epoch=int(per_epoch.idxmax()),
                    final_outlier_ratio=float(per_epoch[last]),
                    outlier_layer=first_separating_layer(at_end.outlier_ratio.values),
-                   max_norm_ratio=float(at_end.max_norm_ratio.max()), massive_ratio=float(mass.max()),
+                   max_norm_ratio=float(at_end.max_norm_ratio.max()), massive_ratio=float(stored_massive(store, last).ratio.max()),
                    cls_sink_share=float(shares['cls'].mean()) if 'cls' in shares else math.nan,
                    register_sink_share=float(shares['registers'].mean()) if 'registers' in shares else math.nan,
                    sink_rate=sink_rate(d['attn_received']).rate)
@@ -546,7 +551,6 @@ def _probe_batches(model, x, batch_size):
     "One probe pass in batches, concatenated (massive activations: top over batches, median of the batch medians)."
     parts = [probe(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)]
     if len(parts) == 1: return parts[0]
-    from vitartifacts.probe import MassiveActivations
     vals = torch.cat([p.massive.values for p in parts], 1); top = vals.argsort(1, descending=True)[:, :parts[0].massive.values.shape[1]]
     pick = lambda name: torch.cat([getattr(p.massive, name) for p in parts], 1).gather(1, top)
     massive = MassiveActivations(vals.gather(1, top), pick('dims'),

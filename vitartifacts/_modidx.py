@@ -536,7 +536,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.views.RunView.norm_map': ('views.html#runview.norm_map', 'vitartifacts/views.py'),
                                     'vitartifacts.views.RunView.outlier_patches': ( 'views.html#runview.outlier_patches',
                                                                                     'vitartifacts/views.py'),
-                                    'vitartifacts.views.RunView.patch_norms': ('views.html#runview.patch_norms', 'vitartifacts/views.py'),
                                     'vitartifacts.views.RunView.prefix_maps': ('views.html#runview.prefix_maps', 'vitartifacts/views.py'),
                                     'vitartifacts.views.RunView.preload': ('views.html#runview.preload', 'vitartifacts/views.py'),
                                     'vitartifacts.views.RunView.refresh': ('views.html#runview.refresh', 'vitartifacts/views.py'),

@@ -340,11 +340,6 @@ def norm_map(self: RunView, ei: int, layer: int, image: int) -> np.ndarray:
     return self.norms[ei, layer, image, self.layout.n_prefix:].reshape(self.grid)
 
 @patch
-def patch_norms(self: RunView, ei: int, layer: int) -> np.ndarray:
-    "Norms of all patch tokens of all probe images at one epoch and layer: [K, N]."
-    return self.norms[ei, layer, :, self.layout.n_prefix:]
-
-@patch
 def prefix_maps(self: RunView, ei: int, layer: int, image: int, rows, head: int | None = None) -> np.ndarray:
     "Attention of the prefix tokens at `rows` (their indices: `analysis.prefix_tokens`) to the patches, one head or the mean over heads (None): [len(rows), h, w]."
     return prefix_attention(self.attn_prefix(ei)[self.attn_layer(layer), image], self.layout, rows, head)

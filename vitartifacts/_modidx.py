@@ -452,8 +452,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.train.write_metrics': ('train.html#write_metrics', 'vitartifacts/train.py')},
             'vitartifacts.views': { 'vitartifacts.views.Comparison': ('views.html#comparison', 'vitartifacts/views.py'),
                                     'vitartifacts.views.Comparison.__init__': ('views.html#comparison.__init__', 'vitartifacts/views.py'),
-                                    'vitartifacts.views.Comparison._build_ratio': ( 'views.html#comparison._build_ratio',
-                                                                                    'vitartifacts/views.py'),
                                     'vitartifacts.views.Comparison._repr_mimebundle_': ( 'views.html#comparison._repr_mimebundle_',
                                                                                          'vitartifacts/views.py'),
                                     'vitartifacts.views.Comparison.state': ('views.html#comparison.state', 'vitartifacts/views.py'),
@@ -578,6 +576,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.views.probe_classes': ('views.html#probe_classes', 'vitartifacts/views.py'),
                                     'vitartifacts.views.rollout_figure': ('views.html#rollout_figure', 'vitartifacts/views.py'),
                                     'vitartifacts.views.runs_folder': ('views.html#runs_folder', 'vitartifacts/views.py'),
+                                    'vitartifacts.views.runs_ratio_figure': ('views.html#runs_ratio_figure', 'vitartifacts/views.py'),
                                     'vitartifacts.views.tile': ('views.html#tile', 'vitartifacts/views.py'),
                                     'vitartifacts.views.tile_gap': ('views.html#tile_gap', 'vitartifacts/views.py'),
                                     'vitartifacts.views.weight_views': ('views.html#weight_views', 'vitartifacts/views.py')}}}

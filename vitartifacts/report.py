@@ -16,7 +16,7 @@ from .config import atomic_write
 from .store import decode_attention
 from .analysis import compare_runs, attention_maps
 from .views import (RunView, ExploreFigures, ViewState, DETECTOR_NAMES, weight_views, rollout_figure,
-                                posemb_figure, pca_figure, gif_bytes, prefix_attention, _data_uri, _grey)
+                                posemb_figure, pca_figure, gif_bytes, prefix_attention, runs_ratio_figure, _data_uri, _grey)
 
 # %% auto #0
 __all__ = ['report_epochs', 'run_report_data', 'report_html', 'write_report', 'report_command']
@@ -271,12 +271,7 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
     from plotly.offline import get_plotlyjs
     datas, statics = zip(*[run_report_data(r, n_images, max_epochs, gif, weights) for r in runs])
     epochs = sorted(set().union(*[d['epochs'] for d in datas]))
-    ratio_all = go.Figure([go.Scatter(x=r.epochs, y=np.zeros(len(r.epochs)), mode='lines+markers', marker_size=4,
-                                      name=f'{r.name} ({r.variant})') for r in runs]
-                          + [go.Scatter(x=[epochs[-1]] * 2, y=[0, 1], mode='lines', line=dict(color='black', width=1),
-                                        showlegend=False, hoverinfo='skip')])
-    ratio_all.update_xaxes(title_text='epoch'); ratio_all.update_yaxes(title_text='outlier ratio')
-    ratio_all.update_layout(width=760, height=320, margin=dict(l=50, r=10, t=40, b=40))
+    ratio_all = runs_ratio_figure(runs)                       # the page's script moves it, as Comparison does
     static_figs = {f'{k}-{i}': _figure_json(f) for i, st in enumerate(statics) for k, f in st['figures'].items()}
     sinks = list(dict.fromkeys(k for r in runs for k in r.sinks))
     depth = max(r.depth for r in runs)

@@ -28,7 +28,7 @@ __all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fa
            'prefix_attention', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe',
            'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
            'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
-           'find_runs', 'Explorer', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
+           'find_runs', 'Explorer', 'runs_ratio_figure', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
 
 # %% ../nbs/08a_views.ipynb #f938bbec
 def _fabricated_images(n: int, size: tuple[int, int], patch_size: int, num_classes: int, rng):
@@ -984,6 +984,17 @@ class Explorer:
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
 # %% ../nbs/08a_views.ipynb #cd530745
+def runs_ratio_figure(runs: list) -> go.Figure:
+    "Every run's outlier ratio over its probe epochs on one plot, with a line marking the epoch (zeros until moved to a detector and layer): `Comparison`'s plot and the report's."
+    fig = go.Figure([go.Scatter(x=r.epochs, y=np.zeros(len(r.epochs)), mode='lines+markers', marker_size=4,
+                                name=f'{r.name} ({r.variant})') for r in runs]
+                    + [go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
+                                  hoverinfo='skip')])
+    fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
+    fig.update_layout(width=760, height=320, margin=dict(l=50, r=10, t=40, b=40))
+    return fig
+
+
 class Comparison:
     "Several runs on the same probe image, layer and epoch, with `compare_runs`' table and every run's outlier-ratio curve on one plot."
     def __init__(self, run_dirs, detector: str = 'bimodal'):
@@ -1003,21 +1014,12 @@ class Comparison:
         self.image = W.IntSlider(min=0, max=min(r.n_images for r in self.runs) - 1, value=0, description='image')
         self.detector = W.Dropdown(options=list(DETECTOR_NAMES), value=detector, description='outliers',
                                    layout=W.Layout(width='200px'))
-        self.ratio = go.FigureWidget(self._build_ratio())
+        self.ratio = go.FigureWidget(runs_ratio_figure(self.runs))
         for w in (self.epoch, self.layer, self.head, self.image, self.detector): w.observe(lambda c: self.update(), names='value')
         rows = [W.HBox([W.HTML(f'<b>{r.name}</b><br>{r.variant}', layout=W.Layout(width='110px'))] + list(v.figs.values()))
                 for r, v in zip(self.runs, self.views)]
         self.widget = W.VBox([W.HBox([self.epoch, self.layer, self.head, self.image, self.detector]), *rows, self.ratio])
         self.update()
-
-    def _build_ratio(self):
-        fig = go.Figure([go.Scatter(x=r.epochs, y=np.zeros(len(r.epochs)), mode='lines+markers', marker_size=4,
-                                    name=f'{r.name} ({r.variant})') for r in self.runs]
-                        + [go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
-                                      hoverinfo='skip')])
-        fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
-        fig.update_layout(width=760, height=320, margin=dict(l=50, r=10, t=40, b=40))
-        return fig
 
     @property
     def state(self) -> dict:

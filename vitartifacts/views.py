@@ -19,7 +19,7 @@ from .probe import ProbeResult, TokenLayout, MassiveActivations
 from .config import atomic_write
 from .store import ProbeStore, decode_attention, atomic_write_json
 from .analysis import (sink_share, rollout_maps, compare_runs, build_probe_model, attention_maps, epoch_stamp,
-                                   read_norms, outliers_over_epochs, run_settings)
+                                   read_norms, outliers_over_epochs, run_settings, DETECTORS)
 from .train import read_metrics
 from fastcore.basics import patch
 
@@ -155,7 +155,7 @@ def fabricate_run(
     return run_dir
 
 # %% ../nbs/08a_views.ipynb #e19762f2
-DETECTOR_NAMES = ('bimodal', 'sigma', 'cutoff')
+DETECTOR_NAMES = tuple(DETECTORS)                # the views run every detector of analysis, the default first
 _CACHE_VERSION = 2      # 2: the views cache keeps the sink shares only; the outliers are in analysis' cache
 
 

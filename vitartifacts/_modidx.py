@@ -283,6 +283,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vitartifacts.gpudata._resample_rows': ('gpudata.html#_resample_rows', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._smooth_image': ('gpudata.html#_smooth_image', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._to': ('gpudata.html#_to', 'vitartifacts/gpudata.py'),
+                                      'vitartifacts.gpudata.cache_device': ('gpudata.html#cache_device', 'vitartifacts/gpudata.py'),
+                                      'vitartifacts.gpudata.cache_on_gpu': ('gpudata.html#cache_on_gpu', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata.center_crop_batch': ( 'gpudata.html#center_crop_batch',
                                                                                   'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata.color_jitter_batch': ( 'gpudata.html#color_jitter_batch',

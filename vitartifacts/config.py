@@ -12,9 +12,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
-           'AUGMENT_KERNELS', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config', 'setting_names',
-           'setting_help', 'check_mixup_batch', 'atomic_write', 'atomic_write_text', 'holds_run', 'check_run_dir',
-           'add_arguments', 'demo_config', 'from_namespace', 'parameters_cell']
+           'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config',
+           'setting_names', 'setting_help', 'check_mixup_batch', 'atomic_write', 'atomic_write_text', 'holds_run',
+           'check_run_dir', 'add_arguments', 'demo_config', 'from_namespace', 'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -26,6 +26,7 @@ PRECISIONS = ('bf16', 'fp16', 'fp32')
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 PATCH_EMBEDS = ('conv', 'linear')
 AUGMENT_KERNELS = ('bag', 'matmul', 'matmul-fp16')
+DATA_CACHES = ('auto', 'gpu', 'host')
 MIXUP_MODES = ('batch', 'pair', 'elem')
 
 def setting(default, help: str, choices: tuple | None = None):
@@ -79,6 +80,9 @@ class Config:
     patch_embed: str = setting('conv', "patch embedding as timm's strided conv or as one matmul (same weights)", PATCH_EMBEDS)
     augment_kernel: str = setting('bag', "fast_data resampling: embedding_bag passes, or batched matmuls (matmul-fp16: "
                                   "half precision, within 0.25 grey levels)", AUGMENT_KERNELS)
+    data_cache: str = setting('auto', "fast_data on CUDA: the uint8 cache in GPU memory (gpu), or memory-mapped on the host "
+                              "with each batch copied through pinned memory (host); auto: gpu when it takes at most half "
+                              "the free GPU memory", DATA_CACHES)
     device: str = setting('auto', "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     deterministic: bool = setting(False, "deterministic algorithms (bit-exact resume on CPU)")
     seed: int = setting(0, "seed of every random number generator")
@@ -101,7 +105,7 @@ class Config:
     def __post_init__(self): _validate(self)
 
 # %% ../nbs/00_config.ipynb #bab5625d
-RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'device',
+RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'data_cache', 'device',
                     'nproc', 'resume', 'overwrite', 'epochs', 'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
                     'cache_dir', 'data_path', 'data_fn', 'skip_corrupt')
 

@@ -22,10 +22,10 @@ from .config import check_mixup_batch
 from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps',
-           'resized_crop_batch', 'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch',
-           'BatchAugment', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader',
-           'pil_reference_transform']
+__all__ = ['CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'cache_on_gpu', 'cache_device', 'prepare_cache', 'prepare_data_command',
+           'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch', 'solarize_batch',
+           'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment', 'normalize', 'center_crop_batch',
+           'reference_augment', 'BatchMixup', 'CachedLoader', 'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
 CACHE_VERSION = 1
@@ -111,6 +111,23 @@ class ImageCache:
                     torch.from_numpy(np.load(path / 'widths.npy')), torch.from_numpy(np.load(path / 'transposed.npy')),
                     meta['classes'])
         return cache if device is None else cache.to(device)
+
+# %% ../nbs/03a_gpudata.ipynb #117ecbd7
+def cache_on_gpu(nbytes: int, free_bytes: int, choice: str = 'auto', share: float = 0.5) -> bool:
+    "Whether a cache of `nbytes` goes to a GPU with `free_bytes` free: always (`choice='gpu'`), never ('host'), or when it needs at most `share` of it ('auto')."
+    if choice not in ('auto', 'gpu', 'host'): raise ValueError(f"Setting data_cache={choice!r} must be 'auto', 'gpu' or 'host'.")
+    if choice == 'gpu' and nbytes > free_bytes:
+        raise ValueError(f"Setting data_cache='gpu' needs {nbytes / 2**30:.1f} GiB of GPU memory for the image cache but "
+                         f"{free_bytes / 2**30:.1f} GiB are free; use data_cache='host' (or 'auto').")
+    return choice == 'gpu' or (choice == 'auto' and nbytes <= share * free_bytes)
+
+
+def cache_device(nbytes: int, device, choice: str = 'auto') -> torch.device | None:
+    "The device to copy a cache of `nbytes` to for training on `device` (`cache_on_gpu`), or None: keep it memory-mapped on the host."
+    device = torch.device(device)
+    if device.type != 'cuda': return None   # the CPU (and MPS) reads the memory map directly
+    return device if cache_on_gpu(nbytes, torch.cuda.mem_get_info(device)[0], choice) else None
+
 
 # %% ../nbs/03a_gpudata.ipynb #dedc88da
 def _decode(args) -> tuple[np.ndarray, int, bool] | None:

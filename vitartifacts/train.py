@@ -97,8 +97,9 @@ def cached_data(cfg: Config, device: torch.device) -> Data:
     "The fast pipeline: the uint8 cache at `cfg.data_path` (train/, val/), augmented and mixed a batch at a time on `device`."
     from vitartifacts import gpudata as g
     root, (rank, size) = Path(cfg.data_path).expanduser(), world()
-    on_device = device if device.type == 'cuda' else None  # a GPU holds the whole cache; the CPU maps it from disk
-    train_cache, val_cache = g.ImageCache.load(root / 'train', on_device), g.ImageCache.load(root / 'val', on_device)
+    train_cache, val_cache = g.ImageCache.load(root / 'train'), g.ImageCache.load(root / 'val')   # memory-mapped
+    on_device = g.cache_device(train_cache.images.nbytes + val_cache.images.nbytes, device, cfg.data_cache)
+    if on_device is not None: train_cache, val_cache = train_cache.to(on_device), val_cache.to(on_device)
     num_classes = len(train_cache.classes)
     cuda = device.type == 'cuda'
     out_dtype = torch.bfloat16 if cuda and cfg.precision == 'bf16' else torch.float32   # what autocast would cast to anyway

@@ -559,7 +559,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'vitartifacts.views._span': ('views.html#_span', 'vitartifacts/views.py'),
                                     'vitartifacts.views._tiled_figure': ('views.html#_tiled_figure', 'vitartifacts/views.py'),
                                     'vitartifacts.views.cls_embeddings': ('views.html#cls_embeddings', 'vitartifacts/views.py'),
-                                    'vitartifacts.views.epoch_summary': ('views.html#epoch_summary', 'vitartifacts/views.py'),
                                     'vitartifacts.views.example_run': ('views.html#example_run', 'vitartifacts/views.py'),
                                     'vitartifacts.views.example_runs': ('views.html#example_runs', 'vitartifacts/views.py'),
                                     'vitartifacts.views.fabricate_run': ('views.html#fabricate_run', 'vitartifacts/views.py'),

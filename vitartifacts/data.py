@@ -719,5 +719,7 @@ def build_data(
                       photo_images, names, dataset, root)
 
 def data_kwargs(cfg) -> dict:
-    "The settings of `cfg` (a Config, or any object with attributes) that `build_data` takes, by name."
-    return {k: getattr(cfg, k) for k in inspect.signature(build_data).parameters if hasattr(cfg, k)}
+    "The settings of `cfg` (a Config, or any object with attributes) that `build_data` takes, by name; the config's `num_workers=-1` (automatic) becomes `build_data`'s None."
+    kw = {k: getattr(cfg, k) for k in inspect.signature(build_data).parameters if hasattr(cfg, k)}
+    if kw.get('num_workers') == -1: kw['num_workers'] = None
+    return kw

@@ -88,9 +88,7 @@ def build_data(cfg: Config, device: torch.device | None = None) -> Data:
         return _as_data(fn(cfg))
     if cfg.fast_data: return cached_data(cfg, device or torch.device('cpu'))
     from vitartifacts import data
-    kw = data.data_kwargs(cfg)
-    if kw.get('num_workers') == -1: kw['num_workers'] = None  # the config's "automatic" is build_data's None
-    return _as_data(data.build_data(**kw))
+    return _as_data(data.build_data(**data.data_kwargs(cfg)))
 
 
 def cached_data(cfg: Config, device: torch.device) -> Data:

@@ -24,11 +24,11 @@ from .train import read_metrics
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fabricate_run', 'epoch_summary', 'RunView',
-           'prefix_attention', 'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe',
-           'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
-           'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
-           'find_runs', 'Explorer', 'runs_ratio_figure', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
+__all__ = ['DETECTOR_NAMES', 'NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'fabricate_run', 'RunView', 'prefix_attention',
+           'ViewState', 'layer_name', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'ExploreFigures',
+           'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes',
+           'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes', 'find_runs',
+           'Explorer', 'runs_ratio_figure', 'Comparison', 'runs_folder', 'example_run', 'example_runs']
 
 # %% ../nbs/08a_views.ipynb #f938bbec
 def _fabricated_images(n: int, size: tuple[int, int], patch_size: int, num_classes: int, rng):
@@ -178,13 +178,6 @@ def _sink_summary(store: ProbeStore, epoch: int) -> dict:
     "The sink shares [depth, H] of one epoch ('sink/<token>'): what `run_dir/.views_cache.npz` keeps."
     a = decode_attention(_read_raw(store, epoch, 'attn_received'))
     return {f'sink/{k}': np.asarray(v, np.float32) for k, v in sink_share(a, store.layout).items()}
-
-
-def epoch_summary(run_dir: Path | str, epoch: int, detectors=DETECTOR_NAMES, norms=None) -> dict:
-    "What the views need of one probe epoch besides the maps: each detector's threshold and outlier ratio per layer [L], the sink shares [depth, H]; `norms`: the epoch's `analysis.read_norms`, if read already."
-    store = ProbeStore(run_dir)
-    return {**_outlier_summaries(store, [epoch], detectors, None if norms is None else {epoch: norms})[epoch],
-            **_sink_summary(store, epoch)}
 
 # %% ../nbs/08a_views.ipynb #ce689053
 class RunView:

@@ -18,7 +18,7 @@ from PIL import Image, ImageFilter
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import mixup_target
 
-from .config import check_mixup_batch
+from .config import DATA_CACHES, check_mixup_batch
 from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
 
 # %% auto #0
@@ -115,7 +115,7 @@ class ImageCache:
 # %% ../nbs/03a_gpudata.ipynb #117ecbd7
 def cache_on_gpu(nbytes: int, free_bytes: int, choice: str = 'auto', share: float = 0.5) -> bool:
     "Whether a cache of `nbytes` goes to a GPU with `free_bytes` free: always (`choice='gpu'`), never ('host'), or when it needs at most `share` of it ('auto')."
-    if choice not in ('auto', 'gpu', 'host'): raise ValueError(f"Setting data_cache={choice!r} must be 'auto', 'gpu' or 'host'.")
+    if choice not in DATA_CACHES: raise ValueError(f"Setting data_cache={choice!r} must be one of {', '.join(DATA_CACHES)}.")
     if choice == 'gpu' and nbytes > free_bytes:
         raise ValueError(f"Setting data_cache='gpu' needs {nbytes / 2**30:.1f} GiB of GPU memory for the image cache but "
                          f"{free_bytes / 2**30:.1f} GiB are free; use data_cache='host' (or 'auto').")

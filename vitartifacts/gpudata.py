@@ -22,10 +22,10 @@ from .config import DATA_CACHES, check_mixup_batch
 from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'fit_to_slot', 'ImageCache', 'cache_on_gpu', 'cache_device', 'prepare_cache', 'prepare_data_command',
-           'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch', 'solarize_batch',
-           'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment', 'normalize', 'center_crop_batch',
-           'reference_augment', 'BatchMixup', 'CachedLoader', 'pil_reference_transform']
+__all__ = ['CACHE_VERSION', 'fit_to_slot', 'to_device', 'ImageCache', 'cache_on_gpu', 'cache_device', 'prepare_cache',
+           'prepare_data_command', 'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch',
+           'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment', 'norm_constants', 'normalize',
+           'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader', 'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
 CACHE_VERSION = 1
@@ -46,6 +46,13 @@ def fit_to_slot(img: Image.Image, short_side: int = 256, long_side: int = 320) -
     return np.ascontiguousarray(a.transpose(2, 0, 1)), keep, transposed
 
 # %% ../nbs/03a_gpudata.ipynb #94985a84
+def to_device(a, device) -> Tensor:
+    "Host data (numpy or a CPU tensor) on `device` without making the host wait: through pinned memory and an asynchronous copy on CUDA."
+    t, device = torch.as_tensor(a), torch.device(device)
+    if device.type == 'cuda' and t.device.type == 'cpu': t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 @dataclass
 class ImageCache:
     "Decoded images in landscape uint8 slots, with their labels, content widths and orientation."
@@ -71,12 +78,13 @@ class ImageCache:
         idx = np.asarray(idx)
         device = torch.device(device)
         if isinstance(self.images, Tensor):
-            images = self.images[torch.as_tensor(idx, device=self.images.device)].to(device, non_blocking=True)
-        else:
-            order = np.argsort(idx, kind='stable')       # read the memory map front to back, then restore the order
-            host = torch.from_numpy(np.take(self.images, idx[order], axis=0))[torch.from_numpy(np.argsort(order))]
-            images = (host.pin_memory() if device.type == 'cuda' else host).to(device, non_blocking=True)
-        return images, self.widths[idx].to(device), self.transposed[idx].to(device)
+            images = self.images[to_device(idx, self.images.device)].to(device, non_blocking=True)
+        else:   # gathered straight into (pinned) memory, each image to its place, reading the memory map front to back
+            out = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=device.type == 'cuda')
+            rows = out.numpy()
+            for k in np.argsort(idx, kind='stable'): rows[k] = self.images[idx[k]]
+            images = out.to(device, non_blocking=True)
+        return images, to_device(self.widths[idx], device), to_device(self.transposed[idx], device)
 
     def to(self, device) -> 'ImageCache':
         "The cache with its images copied to `device` (in chunks, so a memory map is read once)."
@@ -298,9 +306,9 @@ def resized_crop_batch(images: Tensor, boxes: Tensor, size: int, flip: Tensor | 
     transposed back after resizing, `flip` mirrors the result horizontally."""
     B, C, H, W = images.shape
     dev = images.device
-    i, j, h, w = boxes.to(dev).unbind(1)
-    flip = torch.zeros(B, dtype=torch.bool, device=dev) if flip is None else flip.to(dev)
-    transposed = torch.zeros(B, dtype=torch.bool, device=dev) if transposed is None else transposed.to(dev)
+    i, j, h, w = to_device(boxes, dev).unbind(1)
+    flip = torch.zeros(B, dtype=torch.bool, device=dev) if flip is None else to_device(flip, dev)
+    transposed = torch.zeros(B, dtype=torch.bool, device=dev) if transposed is None else to_device(transposed, dev)
     # a horizontal flip of the original mirrors the output's columns, or its rows where the slot is transposed
     row_index, row_weight = resample_taps(i, h, H, size, flip & transposed)
     col_index, col_weight = resample_taps(j, w, W, size, flip & ~transposed)
@@ -368,7 +376,7 @@ def color_jitter_batch(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
 
 # %% ../nbs/03a_gpudata.ipynb #c058e86f
 def _to(params: dict, device) -> dict:
-    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in params.items()}
+    return {k: to_device(v, device) for k, v in params.items()}
 
 
 class BatchAugment:
@@ -414,14 +422,14 @@ class BatchAugment:
         if self.three_augment:        # each op on its own third of the batch; the choice is on the host: no sync
             choice = np.asarray(params['choice'])
             for c in range(3):
-                idx = torch.from_numpy(np.flatnonzero(choice == c)).to(x.device)
+                idx = to_device(np.flatnonzero(choice == c), x.device)
                 if not len(idx): continue
                 part = x.index_select(0, idx)
                 part = grayscale_batch(part) if c == 0 else solarize_batch(part) if c == 1 else \
                        gaussian_blur_batch(part, p['sigma'].index_select(0, idx))
                 x.index_copy_(0, idx, part)
         jitter = (p['factors'], p['order']) if self.color_jitter else (None, None)
-        return self._jitter_normalize(x, *jitter, self.mean, self.std, self.out_dtype)
+        return self._jitter_normalize(x, *jitter, *norm_constants(self.mean, self.std, x.device, x.dtype), self.out_dtype)
 
     def __call__(self, images: Tensor, widths: Tensor, transposed: Tensor, rng) -> Tensor:
         w, t = widths.cpu().numpy(), transposed.cpu().numpy()
@@ -429,16 +437,27 @@ class BatchAugment:
         return self.apply(images, transposed, self.sample(rng, np.where(t, w, short), np.where(t, short, w)))
 
 
-def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, mean, std, out_dtype) -> Tensor:
-    "Colour jitter (when `factors` is given), normalization and the output dtype: the elementwise tail of `BatchAugment`."
+def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, shift: Tensor, scale: Tensor, out_dtype) -> Tensor:
+    "Colour jitter (when `factors` is given), normalization (`norm_constants`) and the output dtype: the elementwise tail of `BatchAugment`."
     if factors is not None: x = color_jitter_batch(x, factors, order)
-    return normalize(x, mean, std).to(out_dtype)
+    return torch.addcmul(shift, x, scale).to(out_dtype)
+
+
+_NORM_CONSTANTS = {}
+
+def norm_constants(mean, std, device, dtype) -> tuple[Tensor, Tensor]:
+    "(-mean / std, 1 / std) as [1, C, 1, 1] tensors on `device`, made once per device and dtype (no copy per batch)."
+    key = (tuple(mean), tuple(std), torch.device(device), dtype)
+    if key not in _NORM_CONSTANTS:
+        m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        _NORM_CONSTANTS[key] = tuple(to_device(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1), device) for v in (-m / s, 1 / s))
+    return _NORM_CONSTANTS[key]
 
 
 def normalize(x: Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> Tensor:
-    "(x - mean) / std per channel."
-    m, s = torch.tensor(mean, device=x.device, dtype=x.dtype), torch.tensor(std, device=x.device, dtype=x.dtype)
-    return torch.addcmul((-m / s).view(1, -1, 1, 1), x, (1 / s).view(1, -1, 1, 1))   # one pass
+    "(x - mean) / std per channel, in one pass."
+    shift, scale = norm_constants(mean, std, x.device, x.dtype)
+    return torch.addcmul(shift, x, scale)
 
 
 def center_crop_batch(images: Tensor, widths: Tensor, transposed: Tensor, img_size: int = 224,
@@ -612,7 +631,7 @@ class CachedLoader:
         idx = self._epoch_indices(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         images, widths, transposed = self.cache.batch(idx, self.device)
-        labels = self.cache.labels[idx].to(self.device, non_blocking=True)
+        labels = to_device(self.cache.labels[idx], self.device)
         if self.augment is None:
             return center_crop_batch(images, widths, transposed, self.img_size, out_dtype=self.out_dtype), labels
         h, w = self.cache.sizes(idx)

@@ -272,6 +272,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vitartifacts.gpudata._Inline.map': ('gpudata.html#_inline.map', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._bicubic': ('gpudata.html#_bicubic', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._decode': ('gpudata.html#_decode', 'vitartifacts/gpudata.py'),
+                                      'vitartifacts.gpudata._gather_pool': ('gpudata.html#_gather_pool', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._gray': ('gpudata.html#_gray', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._image_folder': ('gpudata.html#_image_folder', 'vitartifacts/gpudata.py'),
                                       'vitartifacts.gpudata._jitter_normalize': ( 'gpudata.html#_jitter_normalize',

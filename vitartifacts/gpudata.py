@@ -5,7 +5,7 @@
 # %% ../nbs/03a_gpudata.ipynb #002217c2
 from __future__ import annotations
 import json, math, os, shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,10 +22,11 @@ from .config import DATA_CACHES, check_mixup_batch
 from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'fit_to_slot', 'to_device', 'ImageCache', 'cache_on_gpu', 'cache_device', 'prepare_cache',
-           'prepare_data_command', 'rrc_params', 'resample_taps', 'resized_crop_batch', 'grayscale_batch',
-           'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment', 'norm_constants', 'normalize',
-           'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader', 'pil_reference_transform']
+__all__ = ['CACHE_VERSION', 'GATHER_THREADS', 'fit_to_slot', 'to_device', 'ImageCache', 'cache_on_gpu', 'cache_device',
+           'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps', 'resized_crop_batch',
+           'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment',
+           'norm_constants', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader',
+           'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
 CACHE_VERSION = 1
@@ -51,6 +52,15 @@ def to_device(a, device) -> Tensor:
     t, device = torch.as_tensor(a), torch.device(device)
     if device.type == 'cuda' and t.device.type == 'cpu': t = t.pin_memory()
     return t.to(device, non_blocking=True)
+
+
+GATHER_THREADS = min(8, os.cpu_count() or 1)
+_GATHER = {}   # process id -> the thread pool that gathers batches from a memory-mapped cache (a forked child makes its own)
+
+def _gather_pool() -> ThreadPoolExecutor:
+    pid = os.getpid()
+    if pid not in _GATHER: _GATHER[pid] = ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix='vitartifacts-gather')
+    return _GATHER[pid]
 
 
 @dataclass
@@ -82,7 +92,11 @@ class ImageCache:
         else:   # gathered straight into (pinned) memory, each image to its place, reading the memory map front to back
             out = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=device.type == 'cuda')
             rows = out.numpy()
-            for k in np.argsort(idx, kind='stable'): rows[k] = self.images[idx[k]]
+            def copy(ks):
+                for k in ks: rows[k] = self.images[idx[k]]   # numpy copies without the GIL: threads run in parallel
+            parts = np.array_split(np.argsort(idx, kind='stable'), min(GATHER_THREADS, max(1, len(idx) // 32)))
+            if len(parts) > 1: list(_gather_pool().map(copy, parts))
+            else: copy(parts[0])
             images = out.to(device, non_blocking=True)
         return images, to_device(self.widths[idx], device), to_device(self.transposed[idx], device)
 

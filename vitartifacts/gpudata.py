@@ -461,11 +461,18 @@ _NORM_CONSTANTS = {}
 
 def norm_constants(mean, std, device, dtype) -> tuple[Tensor, Tensor]:
     "(-mean / std, 1 / std) as [1, C, 1, 1] tensors on `device`, made once per device and dtype (no copy per batch)."
-    key = (tuple(mean), tuple(std), torch.device(device), dtype)
+    device = torch.device(device)
+    key = (tuple(mean), tuple(std), device, dtype)
     if key not in _NORM_CONSTANTS:
         m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-        _NORM_CONSTANTS[key] = tuple(to_device(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1), device) for v in (-m / s, 1 / s))
-    return _NORM_CONSTANTS[key]
+        constants = tuple(to_device(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1), device) for v in (-m / s, 1 / s))
+        ready = None
+        if device.type == 'cuda':   # copied on this stream; a loader's other streams wait for it (on the GPU, not the host)
+            ready = torch.cuda.Event(); ready.record(torch.cuda.current_stream(device))
+        _NORM_CONSTANTS[key] = constants, ready
+    constants, ready = _NORM_CONSTANTS[key]
+    if ready is not None: torch.cuda.current_stream(device).wait_event(ready)
+    return constants
 
 
 def normalize(x: Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> Tensor:

@@ -443,7 +443,7 @@ class BatchAugment:
                        gaussian_blur_batch(part, p['sigma'].index_select(0, idx))
                 x.index_copy_(0, idx, part)
         jitter = (p['factors'], p['order']) if self.color_jitter else (None, None)
-        return self._jitter_normalize(x, *jitter, *norm_constants(self.mean, self.std, x.device, x.dtype), self.out_dtype)
+        return self._jitter_normalize(x, *jitter, *norm_constants(self.mean, self.std, x), self.out_dtype)
 
     def __call__(self, images: Tensor, widths: Tensor, transposed: Tensor, rng) -> Tensor:
         w, t = widths.cpu().numpy(), transposed.cpu().numpy()
@@ -457,27 +457,16 @@ def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, s
     return torch.addcmul(shift, x, scale).to(out_dtype)
 
 
-_NORM_CONSTANTS = {}
-
-def norm_constants(mean, std, device, dtype) -> tuple[Tensor, Tensor]:
-    "(-mean / std, 1 / std) as [1, C, 1, 1] tensors on `device`, made once per device and dtype (no copy per batch)."
-    device = torch.device(device)
-    key = (tuple(mean), tuple(std), device, dtype)
-    if key not in _NORM_CONSTANTS:
-        m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-        constants = tuple(to_device(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1), device) for v in (-m / s, 1 / s))
-        ready = None
-        if device.type == 'cuda':   # copied on this stream; a loader's other streams wait for it (on the GPU, not the host)
-            ready = torch.cuda.Event(); ready.record(torch.cuda.current_stream(device))
-        _NORM_CONSTANTS[key] = constants, ready
-    constants, ready = _NORM_CONSTANTS[key]
-    if ready is not None: torch.cuda.current_stream(device).wait_event(ready)
-    return constants
+def norm_constants(mean, std, like: Tensor) -> tuple[Tensor, Tensor]:
+    "(-mean / std, 1 / std) as [1, C, 1, 1] tensors on `like`'s device and dtype, each channel set by a fill kernel: no copy from the host."
+    shift, scale = like.new_empty(1, len(mean), 1, 1), like.new_empty(1, len(mean), 1, 1)
+    for c, (m, s) in enumerate(zip(mean, std)): shift[:, c].fill_(-m / s); scale[:, c].fill_(1 / s)
+    return shift, scale
 
 
 def normalize(x: Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> Tensor:
     "(x - mean) / std per channel, in one pass."
-    shift, scale = norm_constants(mean, std, x.device, x.dtype)
+    shift, scale = norm_constants(mean, std, x)
     return torch.addcmul(shift, x, scale)
 
 

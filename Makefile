@@ -7,7 +7,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test setup sync-check nbtest pytest clean-venv
+.PHONY: demo test setup sync-check nbtest pytest docs clean-venv
 
 setup: $(STAMP)
 
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+# DEMO_ARGS passes options through, e.g. `make demo DEMO_ARGS='--epochs 1 --runs_dir /tmp/demo'` (tests/test_demo.py)
 demo: $(STAMP)
-	$(BIN)/python -m vitartifacts.demo
+	$(BIN)/python -m vitartifacts.demo $(DEMO_ARGS)
 
 # Notebooks are the source: exporting or cleaning them must change nothing.
 sync-check: $(STAMP)
@@ -37,6 +38,21 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q tests/
 
 test: sync-check nbtest pytest
+
+# The docs site in _docs/: every library notebook a page, with the figures and tables it draws.
+# The notebooks are committed without outputs, so they run first, as nbdev-test runs them (the cells
+# flagged in tst_flags stay unrun), saved with their outputs into _executed/ (which git ignores by its
+# own .gitignore); nbdev-docs renders that folder. nbs/workflows/ is left out: it reads trained runs.
+# quarto is looked for in the venv first, then on PATH. DOCS_NBS picks the pages: tests/test_docs.py
+# builds a site of only the pages it checks, since running every notebook again would take minutes.
+DOCS_NBS ?= $(wildcard nbs/*.ipynb)
+docs: export PATH := $(CURDIR)/$(BIN):$(PATH)
+docs: $(STAMP)
+	@command -v quarto >/dev/null || { echo "make docs needs quarto, in $(BIN) or on PATH: none was found"; exit 1; }
+	rm -rf _executed && mkdir _executed && echo '*' > _executed/.gitignore
+	cp $(DOCS_NBS) $(filter-out %.ipynb,$(wildcard nbs/*.*)) _executed/
+	$(BIN)/nbdev-test _executed --save --n-workers 2
+	$(BIN)/nbdev-docs --path _executed
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,17 +12,17 @@ DataLoader pass with several workers checks that the gain survives in a real loa
 
     .venv/bin/python bench/data_speed.py                 # img sizes 224 and 64, 5 repeats
     .venv/bin/python bench/data_speed.py --img-size 224 --images 300 --repeats 7 --loader-workers 2 --loader-images 1200
+    .venv/bin/python bench/data_speed.py ... --out FILE    # also as JSON (--json FILE is the same)
 """
-import argparse, json, platform, random, statistics, sys, time
-from pathlib import Path
+import argparse, json, random, statistics, time
 
-import PIL, PIL.features, torch, torchvision, timm
+import PIL, PIL.features, torch, torchvision, timm   # torchvision, timm: their versions go into the header
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode, v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vitartifacts import data as vd
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 def torchvision_pipeline(img_size, scale=(0.08, 1.0), color_jitter=0.3):
@@ -78,9 +78,11 @@ def main(argv=None):
     p.add_argument('--loader-workers', type=int, default=2, help='workers of the DataLoader check (0: skip it)')
     p.add_argument('--loader-images', type=int, default=1200, help='images per pass of the DataLoader check')
     p.add_argument('--cache-dir', default='~/.cache/vitartifacts')
-    p.add_argument('--json', help='also write the results here')
+    add_out_argument(p, '--json')
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    env = environment('cpu', packages=('torchvision', 'PIL'), libjpeg_turbo=PIL.features.check_feature('libjpeg_turbo'))
+    print(header(env), flush=True)
     t = time.time()
     root = vd.synthetic_root(a.cache_dir, 'imagenet')
     print(f"data: {root} ({time.time() - t:.0f} s to find or write)", flush=True)
@@ -111,11 +113,9 @@ def main(argv=None):
         if a.loader_workers:
             print(f"  DataLoader, {a.loader_workers} workers, {len(loader_indices)} images (median of 3): "
                   + ', '.join(f"{k} {v:.1f} img/s {row['loader_all'][k]}" for k, v in row['loader'].items()))
-    env = dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__, timm=timm.__version__,
-               pillow=PIL.__version__, libjpeg_turbo=PIL.features.check_feature('libjpeg_turbo'), cpu=platform.processor() or platform.machine(),
-               cores=len(__import__('os').sched_getaffinity(0)), command=' '.join(sys.argv))
+    finish(env)
     print('\n' + json.dumps(env))
-    if a.json: Path(a.json).write_text(json.dumps(dict(env=env, results=results), indent=1))
+    write_json(a.out, dict(env=env, results=results))
     return results
 
 

@@ -7,24 +7,18 @@ as a user does) and the time from setting the slider's value to every panel havi
 recomputed and pushed (FigureWidget.batch_update) is measured. Target: median <= 50 ms.
 
     .venv/bin/python bench/explore_speed.py                 # fabricates the run once under bench/out/
-    .venv/bin/python bench/explore_speed.py --moves 300 --repeats 5
+    .venv/bin/python bench/explore_speed.py --moves 300 --repeats 5 [--out FILE]
 
 Also reported: opening the run (first time: every detector on every layer and epoch; then from
 the run's caches: analysis' outlier tables and the views' sink shares), and moves to epochs whose
 attention maps are not in memory ("cold").
 """
-import argparse, os, platform, random, statistics, sys, time
+import argparse, random, statistics, sys, time
 from pathlib import Path
 
 import numpy as np
 
-
-def cpu_name() -> str:
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
+from _common import add_out_argument, environment, footer, header, write_json
 
 
 def moves(ex, n: int, rng: random.Random, cold: bool = False) -> list[float]:
@@ -49,9 +43,15 @@ def main(argv=None):
     ap.add_argument('--moves', type=int, default=200, help='slider moves per repeat')
     ap.add_argument('--repeats', type=int, default=5, help='repeats; the median of their medians is reported')
     ap.add_argument('--cold', type=int, default=40, help='epoch moves with the attention cache emptied first')
+    add_out_argument(ap)
     args = ap.parse_args(argv)
-    from vitartifacts.views import Explorer, RunView, fabricate_run
-    import plotly, ipywidgets, torch
+    from vitartifacts.testing import fabricate_run
+    from vitartifacts.views import RunView
+    from vitartifacts.widgets import Explorer
+    import plotly, ipywidgets, torch   # imported here so that the header records the loaded versions
+    env = environment('cpu', packages=('plotly', 'ipywidgets', 'anywidget'))
+    print(header(env), flush=True)
+    res = dict(run=args.run, moves=args.moves, repeats=args.repeats)
     run_dir = Path(args.run)
     if not (run_dir / 'probes' / 'index.json').exists():
         t = time.perf_counter()
@@ -60,10 +60,14 @@ def main(argv=None):
     first = not ((run_dir / '.views_cache.npz').exists() and (run_dir / '.analysis_cache').is_dir())
     t = time.perf_counter(); run = RunView(run_dir); t_open = time.perf_counter() - t
     print(f"opened {run} in {t_open:.1f} s ({'first time: every detector on every layer and epoch' if first else 'summaries from the caches'})")
+    res['open_s'], res['open_first_time'] = t_open, first
     if first:
-        t = time.perf_counter(); run = RunView(run_dir); print(f'opened again (from the cache) in {time.perf_counter() - t:.2f} s')
-    t = time.perf_counter(); run.preload(); print(f'attention maps of all {len(run.epochs)} epochs read in {time.perf_counter() - t:.2f} s')
-    t = time.perf_counter(); ex = Explorer(run); print(f'explorer built in {time.perf_counter() - t:.2f} s')
+        t = time.perf_counter(); run = RunView(run_dir); res['open_again_s'] = time.perf_counter() - t
+        print(f"opened again (from the cache) in {res['open_again_s']:.2f} s")
+    t = time.perf_counter(); run.preload(); res['preload_s'] = time.perf_counter() - t
+    print(f"attention maps of all {len(run.epochs)} epochs read in {res['preload_s']:.2f} s")
+    t = time.perf_counter(); ex = Explorer(run); res['explorer_build_s'] = time.perf_counter() - t
+    print(f"explorer built in {res['explorer_build_s']:.2f} s")
     rng = random.Random(0)
     moves(ex, 20, rng)                                   # warm-up: first JPEG encodes, plotly validators
     medians, allt = [], []
@@ -76,8 +80,10 @@ def main(argv=None):
     print(f'\nslider update, all panels: median {ms(statistics.median(medians))} (median of {args.repeats} repeat medians), '
           f'p90 {ms(np.percentile(allt, 90))}, max {ms(max(allt))}')
     if cold: print(f'epoch moves to an epoch not in memory: median {ms(statistics.median(cold))}, max {ms(max(cold))}')
-    print(f'device: {cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; python {platform.python_version()}, '
-          f'numpy {np.__version__}, plotly {plotly.__version__}, ipywidgets {ipywidgets.__version__}, torch {torch.__version__}')
+    res.update(median_s=statistics.median(medians), repeat_medians_s=medians, p90_s=float(np.percentile(allt, 90)),
+               max_s=max(allt), cold_median_s=statistics.median(cold) if cold else None, cold_max_s=max(cold) if cold else None)
+    print(footer(env))
+    write_json(args.out, dict(env=env, results=res))
     return statistics.median(medians)
 
 

@@ -10,12 +10,11 @@ and Welch's t statistic; "same within noise" means |t| < 2 (about a 5% two-sided
     python bench/fast_vs_pil.py --seeds 0 1 2 --epochs 15 --out bench/results/fast_vs_pil_cpu.json
 """
 from __future__ import annotations
-import argparse, json, math, os, platform, statistics, sys, tempfile, time
+import argparse, json, math, statistics, tempfile, time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 def welch_t(a: list[float], b: list[float]) -> float:
@@ -33,16 +32,19 @@ def main():
     ap.add_argument('--threads', type=int, default=1, help='torch threads (one is fastest on a shared 2-core machine)')
     ap.add_argument('--device', default='auto')
     ap.add_argument('--work', default='', help='folder for the dataset, the cache and the runs (default: a new temporary one)')
-    ap.add_argument('--out', default='bench/out/fast_vs_pil.json')
+    add_out_argument(ap, default='bench/out/fast_vs_pil.json', help='the results as JSON, rewritten after every run')
     ap.add_argument('--previous', nargs='*', default=[],
                     help='JSON outputs of earlier runs with the same settings (other seeds) to include in the summary')
     args = ap.parse_args()
-    import torch, timm, torchvision
+    import torch, timm, torchvision   # timm, torchvision: their versions go into the header
     torch.set_num_threads(args.threads)
+    env = environment(args.device, packages=('torchvision',))
+    print(header(env), flush=True)
     from vitartifacts.config import demo_config
     from vitartifacts.data import synthetic_root
     from vitartifacts.gpudata import prepare_data_command
-    from vitartifacts.train import train, read_metrics
+    from vitartifacts.runs import read_metrics
+    from vitartifacts.train import train
 
     work = Path(args.work or tempfile.mkdtemp(prefix='fast_vs_pil_'))
     base = demo_config(epochs=args.epochs, lr=args.lr, analysis_freq=0, save_freq=0, wandb_mode='disabled',
@@ -50,14 +52,13 @@ def main():
     jpeg_root = synthetic_root(cache_dir=work / 'cache', preset='demo', image_size=base.img_size)
     t0 = time.perf_counter()
     cache_root = prepare_data_command(jpeg_root, work / 'uint8', img_size=base.img_size, num_workers=1)
-    res = dict(command=' '.join(sys.argv), machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-               torch=torch.__version__, torchvision=torchvision.__version__, timm=timm.__version__,
+    res = dict(command=env['command'], machine=env['cpu'], cpus=env['cpus'],
+               torch=env['torch'], torchvision=env['torchvision'], timm=env['timm'], env=env,
                threads=args.threads, epochs=args.epochs, lr=args.lr, seeds=args.seeds, prepare_seconds=time.perf_counter() - t0,
                config={k: getattr(base, k) for k in ('size', 'img_size', 'patch_size', 'batch_size', 'warmup_epochs',
                                                       'mixup_alpha', 'cutmix_alpha', 'color_jitter', 'three_augment',
                                                       'drop_path_rate', 'smoothing')},
                runs=[])
-    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
     paths = dict(pil=dict(data_path=str(jpeg_root), dataset='imagefolder'),
                  fast=dict(data_path=str(cache_root), fast_data=True))
     for seed in args.seeds:
@@ -71,7 +72,7 @@ def main():
             res['runs'].append(run)
             print(f"{path:4s} seed {seed}: top-1 by epoch {' '.join(f'{a:.3f}' for a in run['acc1'])}  "
                   f"({run['seconds']:.0f} s, {run['images_per_s']:.0f} img/s)", flush=True)
-            out.write_text(json.dumps(res, indent=1))
+            write_json(args.out, res)
     runs = list(res['runs'])
     for f in args.previous:
         old = json.loads(Path(f).read_text())
@@ -87,7 +88,8 @@ def main():
     res['summary']['difference_fast_minus_pil'] = statistics.mean(final['fast']) - statistics.mean(final['pil'])
     res['summary']['welch_t'] = welch_t(final['fast'], final['pil'])
     res['summary']['welch_t_last3'] = welch_t(last3['fast'], last3['pil'])
-    out.write_text(json.dumps(res, indent=1))
+    finish(env)
+    write_json(args.out, res)
     s = res['summary']
     for p in paths:
         print(f"{p:4s}: final top-1 {s[p]['final_mean']:.3f} ± {s[p]['final_sd']:.3f} (sd over {len(final[p])} seeds: "

@@ -8,12 +8,13 @@ second copy to restore the batch's order. The cache is random uint8 slots of 3x2
 temporary .npy, read once before timing so both read from the page cache. The two alternate; the ratio is the median
 of the per-repeat ratios.
 """
-import argparse, os, platform, statistics, tempfile, time
+import argparse, os, statistics, tempfile, time
 
 import numpy as np
 import torch
 
-from vitartifacts.gpudata import ImageCache
+from vitartifacts.gpudata import GATHER_THREADS, ImageCache
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 def take_then_reorder(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -26,8 +27,10 @@ def main():
     ap.add_argument('--images', type=int, default=2048)
     ap.add_argument('--batch', type=int, default=256)
     ap.add_argument('--repeats', type=int, default=15)
+    add_out_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    env = environment('cpu', gather_threads=GATHER_THREADS)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'images.npy')
         a = np.lib.format.open_memmap(path, mode='w+', dtype=np.uint8, shape=(args.images, 3, 256, 320))
@@ -45,10 +48,13 @@ def main():
                 t = time.perf_counter(); out = fn(); times[name].append(time.perf_counter() - t)
             assert torch.equal(ours(), ref())
         del cache, images
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, numpy {np.__version__}, load {os.getloadavg()[0]:.1f}")
+    print(header(finish(env)))
     for name, v in times.items(): print(f"{name:>18}: median {statistics.median(v[1:]) * 1e3:.1f} ms per batch of {args.batch}")
     ratios = [a / b for a, b in zip(times['ImageCache.batch'][1:], times['take_then_reorder'][1:])]
     print(f"ImageCache.batch / take_then_reorder: {statistics.median(ratios):.2f}")
+    write_json(args.out, dict(env=env, images=args.images, batch=args.batch, repeats=args.repeats,
+                              median_ms={k: statistics.median(v[1:]) * 1e3 for k, v in times.items()},
+                              times_s={k: v[1:] for k, v in times.items()}, ratio=statistics.median(ratios), ratios=ratios))
 
 
 if __name__ == '__main__':

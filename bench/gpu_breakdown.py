@@ -13,17 +13,16 @@ prefetching the next batch on a side stream. --profile adds profiler tables of t
 augmentation. Every figure is printed as it is measured and saved to --out, so a run cut short keeps what it measured.
 """
 from __future__ import annotations
-import argparse, json, os, statistics, sys, time
-from pathlib import Path
+import argparse, statistics, time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vitartifacts.models import create_model
 from vitartifacts.optim import Lamb, param_groups
 from vitartifacts.gpudata import BatchAugment, BatchMixup, CachedLoader, ImageCache
+from _common import add_out_argument, environment, finish, header, write_json
 
 GFLOP_PER_IMAGE, PEAK_TFLOPS = 27.7, 790.0   # ViT-S/16 at 224 px, training; H100/H200 dense bf16 as measured
 
@@ -135,16 +134,17 @@ def main():
     ap.add_argument('--augment_kernels', nargs='+', default=['bag', 'matmul', 'matmul-fp16'])
     ap.add_argument('--skip', nargs='*', default=[], help='parts to leave out: model, lamb, augment')
     ap.add_argument('--profile', action='store_true')
-    ap.add_argument('--out', default='bench/out/gpu_breakdown.json')
+    add_out_argument(ap, default='bench/out/gpu_breakdown.json', help='the results as JSON, rewritten after every part')
     args = ap.parse_args()
     device = torch.device(args.device)
-    import timm
-    res = dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', torch=torch.__version__,
-               timm=timm.__version__, command=' '.join(sys.argv), batch_size=args.batch_size, size=args.size,
-               img_size=args.img_size, model=[], lamb={}, augment=[])
-    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
-    save = lambda: out.write_text(json.dumps(res, indent=1))
-    print(f"{res['device']}, torch {torch.__version__}, batch {args.batch_size}, ViT-{args.size} {args.img_size} px", flush=True)
+    import timm   # its version goes into the header
+    env = environment(device)
+    res = dict(device=env['gpu'] if device.type == 'cuda' else 'cpu', torch=env['torch'],
+               timm=env['timm'], command=env['command'], batch_size=args.batch_size, size=args.size,
+               img_size=args.img_size, model=[], lamb={}, augment=[], env=env)
+    save = lambda: write_json(args.out, res)
+    print(header(env), flush=True)
+    print(f"{res['device']}, batch {args.batch_size}, ViT-{args.size} {args.img_size} px", flush=True)
     first_step = None
     if 'model' not in args.skip:
         for mode in args.modes:
@@ -178,6 +178,7 @@ def main():
                 for _ in range(3): aug.apply(im, tr, p)
                 torch.cuda.synchronize()
             print(pr.key_averages().table(sort_by='cuda_time_total', row_limit=12, max_name_column_width=60))
+    finish(env); save()
 
 
 if __name__ == '__main__': main()

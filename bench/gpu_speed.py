@@ -13,14 +13,13 @@ MFU counts 27.7 GFLOP per training image against 790 TFLOP/s of dense bf16 (an H
     python bench/gpu_speed.py --only ours_model,ours_e2e --set compile_mode=max-autotune-no-cudagraphs --set patch_embed=linear
 """
 from __future__ import annotations
-import argparse, contextlib, json, os, statistics, sys, tempfile, time
+import argparse, json, os, statistics, tempfile, time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import add_out_argument, environment, finish, header, write_json
 
 GFLOP_PER_IMAGE, PEAK_TFLOPS = 27.7, 790.0
 IMAGENET100_TRAIN = 126_689   # training images of ImageNet-100
@@ -114,7 +113,8 @@ def reference_end_to_end(root, steps, workers):
 def ours(run_root, name, steps_per_epoch_data, epochs=3, **settings):
     "Train with vitartifacts' own loop; images/s of the last epoch as the loop itself measured it."
     from vitartifacts.config import Config
-    from vitartifacts.train import train, read_metrics
+    from vitartifacts.runs import read_metrics
+    from vitartifacts.train import train
     cfg = Config(**{**dict(model='vanilla', size='small', epochs=epochs, batch_size=256, runs_dir=str(run_root), run_name=name,
                            wandb_mode='disabled', analysis_freq=0, save_freq=0, compile=True, num_workers=8), **settings})
     peak_reset()
@@ -125,7 +125,7 @@ def ours(run_root, name, steps_per_epoch_data, epochs=3, **settings):
 
 
 def ours_model_only(run_root, steps, overrides):
-    from vitartifacts.train import Data
+    from vitartifacts.data import Data
     from vitartifacts.gpudata import BatchMixup
     data = Data(gpu_batches(steps), gpu_batches(2), 100, BatchMixup(num_classes=100))
     return ours(run_root, 'model_only', data, **overrides)
@@ -160,7 +160,7 @@ def probe_cost(run_root, epoch_seconds, analysis_freq):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--out', default='bench/out/gpu_speed.json')
+    add_out_argument(ap, default='bench/out/gpu_speed.json', help='the results as JSON, rewritten after every part')
     ap.add_argument('--steps', type=int, default=40, help='timed steps (model only)')
     ap.add_argument('--images_per_class', type=int, default=100, help='synthetic JPEGs per class (100 classes)')
     ap.add_argument('--workers', type=int, default=os.cpu_count())
@@ -172,11 +172,12 @@ def main():
     overrides = dict(kv.split('=', 1) for kv in args.set)
     Config(**{k: v for k, v in overrides.items()})   # fail now, not after the reference runs, on a bad name or value
     parts = set(args.only.split(',')) if args.only else {'ref_model', 'ours_model', 'ref_e2e', 'ours_e2e', 'probe'}
-    import timm, torchvision
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, torchvision=torchvision.__version__,
-               timm=timm.__version__, batch=256, cpus=os.cpu_count(), command=' '.join(sys.argv), settings=overrides)
-    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
-    def save(): out.write_text(json.dumps(res, indent=1)); print(json.dumps(res), flush=True)
+    import timm, torchvision   # their versions go into the header
+    env = environment('cuda', packages=('torchvision',))
+    res = dict(device=env['gpu'], torch=env['torch'], torchvision=env['torchvision'],
+               timm=env['timm'], batch=256, cpus=env['cpus'], command=env['command'], settings=overrides, env=env)
+    def save(): write_json(args.out, res); print(json.dumps(res), flush=True)
+    print(header(env), flush=True)
     print("parts:", sorted(parts), flush=True)
     tmp = Path(tempfile.mkdtemp(prefix='gpu_speed_'))
     if 'ref_model' in parts: res['reference_model_only'] = reference_model_only(args.steps); save()
@@ -196,6 +197,7 @@ def main():
         from vitartifacts.config import Config
         ips = (res.get('ours_end_to_end') or res.get('ours_model_only') or {}).get('images_per_s', 10_000)
         res['probe'] = probe_cost(tmp / 'probe', IMAGENET100_TRAIN / ips, Config().analysis_freq); save()
+    finish(env); save()
 
 
 if __name__ == '__main__': main()

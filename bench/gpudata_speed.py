@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gpudata_speed.py                       # this CPU, both cores
     .venv/bin/python bench/gpudata_speed.py --device cuda         # batched pipeline on the GPU (cache in GPU memory)
+    .venv/bin/python bench/gpudata_speed.py --out FILE            # also the figures as JSON
 
 Data: ImageNet-shaped synthetic JPEGs (500x375 landscape and 375x500 portrait, quality 90), written to a temporary
 ImageFolder. Every variant produces what the training step consumes: normalized 224 px images and Mixup/CutMix soft
@@ -16,7 +17,7 @@ targets for a batch. Variants:
                cuda): batched RandomResizedCrop, flip, 3-Augment, ColorJitter, normalization, BatchMixup
 plus the one-time cost of building the cache. Images/s is the median over `--reps` timed passes of `--batches` batches.
 """
-import argparse, functools, os, platform, statistics, sys, tempfile, time
+import argparse, functools, os, statistics, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ import torchvision
 import timm
 from timm.data import Mixup
 
-from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache, _smooth_image,
-                                  pil_reference_transform, prepare_cache)
+from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache, pil_reference_transform,
+                                  prepare_cache)
+from vitartifacts.testing import smooth_image
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 class Decoded(torch.utils.data.Dataset):
@@ -42,7 +45,7 @@ def write_jpegs(root: Path, n: int, classes: int = 10, seed: int = 0):
         d = root / f'c{k % classes:03d}'
         d.mkdir(parents=True, exist_ok=True)
         h, w = (375, 500) if k % 4 else (500, 375)        # a quarter portrait, as in ImageNet
-        _smooth_image(rng, h, w).save(d / f'{k:06d}.jpg', quality=90)
+        smooth_image(rng, h, w).save(d / f'{k:06d}.jpg', quality=90)
 
 
 def rate(run_batches, n_images, reps):
@@ -62,9 +65,11 @@ def main(argv=None):
     ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--workers', type=int, default=os.cpu_count(), help='DataLoader processes of the PIL pipeline')
     ap.add_argument('--threads', type=int, default=None, help='torch threads of the batched pipeline (default: all cores)')
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if args.threads: torch.set_num_threads(args.threads)
+    env = environment(device, packages=('torchvision',), pil_workers=args.workers)
     n = args.batch_size * args.batches
     mixup_kw = dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mode='elem', label_smoothing=0.1, num_classes=10)
 
@@ -111,16 +116,18 @@ def main(argv=None):
             if device.type == 'cuda': torch.cuda.synchronize()
         results['batched'] = rate(batched, n, args.reps)
 
-    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores'
-    print(f"# training-data throughput, batch {args.batch_size}, {n} images per pass, device {device} ({dev_name})")
-    print(f"# torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
-          f"PIL workers {args.workers}, batched threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"# training-data throughput, batch {args.batch_size}, {n} images per pass, "
+          f"PIL workers {args.workers}, batched threads {torch.get_num_threads()}")
+    print(header(finish(env), prefix='# '))
     print("| pipeline | images/s | batched / this |")
     print("|---|---|---|")
     for k in [k for k in ('pil_jpeg', 'pil_decoded', 'data_jpeg', 'batched') if k in results]:
         print(f"| {k} | {results[k]:.0f} | {results['batched'] / results[k]:.2f}x |")
     print(f"| cache build (one-time, {args.workers} workers) | {results['cache_build']:.0f} | |")
+    write_json(args.out, dict(env=env, batch_size=args.batch_size, images_per_pass=n, reps=args.reps,
+                              images_per_s=results,
+                              batched_over={k: results['batched'] / results[k] for k in ('pil_jpeg', 'pil_decoded', 'data_jpeg')
+                                            if k in results}))
 
 
 if __name__ == '__main__':

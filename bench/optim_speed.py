@@ -2,20 +2,21 @@
 
     .venv/bin/python bench/optim_speed.py                      # CPU, eager variants
     .venv/bin/python bench/optim_speed.py --compile            # also the torch.compile'd update (minutes on a CPU)
-    .venv/bin/python bench/optim_speed.py --device cuda --compile
+    .venv/bin/python bench/optim_speed.py --device cuda --compile [--out FILE]
 
 Gradients are fixed random tensors (the optimizer step is timed, not the backward pass). The variants are timed
 interleaved, `--reps` rounds of `--steps` steps each, and the median step time per variant is printed, so a
 machine whose load changes during the run biases no variant. Both optimizers use DeiT III's parameter groups
 (`param_groups`) and clip inside the step (max_grad_norm=1.0), as apex FusedLAMB did.
 """
-import argparse, os, platform, statistics, sys, time
+import argparse, statistics, time
 
 import torch
 import timm
 from timm.optim import Lamb as TimmLamb
 
 from vitartifacts.optim import Lamb, param_groups
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 def vit_small():
@@ -37,6 +38,7 @@ def main(argv=None):
     ap.add_argument('--reps', type=int, default=5, help='timed rounds per variant (median reported)')
     ap.add_argument('--compile', action='store_true', help='also time the torch.compile variant')
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    add_out_argument(ap)
     args = ap.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -67,7 +69,7 @@ def main(argv=None):
         opt.step(); opt.step(); sync(device)  # state allocation, compilation
         runs[label] = dict(opt=opt, times=[], warmup_s=time.perf_counter() - t)
 
-    load_before = os.getloadavg()
+    env = environment(device)               # the load average from here to the end covers the timed rounds
     for _ in range(args.reps):
         for label, r in runs.items():
             sync(device)
@@ -75,19 +77,21 @@ def main(argv=None):
             for _ in range(args.steps): r['opt'].step()
             sync(device)
             r['times'].append((time.perf_counter() - t) / args.steps)
-    load_after = os.getloadavg()
+    finish(env)
 
     ref = statistics.median(runs['timm Lamb (default path)']['times'])
-    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{platform.processor() or platform.machine()}, {os.cpu_count()} cores'
-    print(f"# LAMB step time, {name}, {n_params / 1e6:.1f}M parameters, device {device} ({dev_name})")
-    print(f"# torch {torch.__version__}, timm {timm.__version__}, threads {torch.get_num_threads()}, "
-          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
-    print(f"# command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
+    print(f"# LAMB step time, {name}, {n_params / 1e6:.1f}M parameters")
+    print(header(env, prefix='# '))
     print("| variant | median ms/step | min ms/step | vs timm default | first 2 steps s |")
     print("|---|---|---|---|---|")
     for label, r in runs.items():
         med = statistics.median(r['times'])
         print(f"| {label} | {med * 1e3:.1f} | {min(r['times']) * 1e3:.1f} | {ref / med:.2f}x | {r['warmup_s']:.1f} |")
+    write_json(args.out, dict(env=env, model=name, parameters=n_params, steps=args.steps, reps=args.reps,
+                              variants={label: dict(median_ms=statistics.median(r['times']) * 1e3, min_ms=min(r['times']) * 1e3,
+                                                    vs_timm_default=ref / statistics.median(r['times']),
+                                                    warmup_s=r['warmup_s'], times_s=r['times'])
+                                        for label, r in runs.items()}))
 
 
 if __name__ == '__main__':

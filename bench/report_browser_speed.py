@@ -1,6 +1,6 @@
 """How long an epoch move takes in the HTML report, in headless Chromium (Debian's `chromium`, driven by Playwright).
 
-    python bench/report_browser_speed.py REPORT.html [--moves 30]
+    python bench/report_browser_speed.py REPORT.html [--moves 30] [--seed 0] [--out FILE]
 
 Loads the report (1400x1000 viewport, scrolled to the top), then moves the epoch slider `--moves` times to random
 stops and times each move from the input event until the page has drawn the next frame after the update (two
@@ -9,6 +9,8 @@ three ViT-S-sized runs with `python bench/report_speed.py`, which leaves it in i
 """
 import argparse, json, shutil, statistics, time
 from pathlib import Path
+
+from _common import add_out_argument, environment, finish, write_json
 
 ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run']
 
@@ -27,7 +29,9 @@ def main():
     ap.add_argument('report')
     ap.add_argument('--moves', type=int, default=30)
     ap.add_argument('--seed', type=int, default=0)
+    add_out_argument(ap)
     args = ap.parse_args()
+    env = environment(packages=('playwright',))
     from playwright.sync_api import sync_playwright
     import random
     rng = random.Random(args.seed)
@@ -46,8 +50,9 @@ def main():
         browser.close()
     times.sort()
     res = dict(report=args.report, load_s=load, moves=len(times), median_ms=statistics.median(times),
-               p90_ms=times[int(0.9 * (len(times) - 1))], max_ms=times[-1])
+               p90_ms=times[int(0.9 * (len(times) - 1))], max_ms=times[-1], env=finish(env))
     print(json.dumps(res))
+    write_json(args.out, res)
 
 
 if __name__ == '__main__': main()

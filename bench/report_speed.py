@@ -1,35 +1,41 @@
 """Time to write the HTML report of three made-up ViT-S runs (vanilla, 4 registers, gated; 81 probe epochs of 64 images,
 as training stores them), the first time (every summary computed) and again (the views' and the analysis' caches read).
 
-    python bench/report_speed.py [--repeats 2] [--work DIR]
+    python bench/report_speed.py [--repeats 2] [--work DIR] [--out FILE]
 """
-import argparse, os, platform, statistics, sys, tempfile, time
+import argparse, statistics, tempfile, time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import add_out_argument, environment, footer, header, write_json
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--repeats', type=int, default=2, help='writes after the first one')
     ap.add_argument('--work', default='')
+    add_out_argument(ap)
     args = ap.parse_args()
-    import torch
-    from vitartifacts.views import fabricate_run
+    import torch   # its version and thread count go into the header
+    from vitartifacts.testing import fabricate_run
     from vitartifacts.report import report_command
+    env = environment('cpu', packages=('plotly',))
+    print(header(env), flush=True)
     work = Path(args.work or tempfile.mkdtemp(prefix='report_speed_'))
     t0 = time.perf_counter()
     runs = [fabricate_run(work / v, v) for v in ('vanilla', 'register', 'gated')]
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}; three runs made in {time.perf_counter() - t0:.0f} s", flush=True)
-    times = []
+    t_make = time.perf_counter() - t0
+    print(f"three runs made in {t_make:.0f} s", flush=True)
+    times, sizes = [], []
     for k in range(1 + args.repeats):
         t0 = time.perf_counter()
         out = report_command([str(r) for r in runs], str(work / 'report.html'))
-        times.append(time.perf_counter() - t0)
-        print(f"write {k + 1}: {times[-1]:.1f} s, {out.stat().st_size / 1e6:.2f} MB", flush=True)
-    print(f"first {times[0]:.1f} s; again (median of {args.repeats}) {statistics.median(times[1:]):.1f} s; "
-          f"load average {os.getloadavg()[0]:.1f}")
+        times.append(time.perf_counter() - t0); sizes.append(out.stat().st_size)
+        print(f"write {k + 1}: {times[-1]:.1f} s, {sizes[-1] / 1e6:.2f} MB", flush=True)
+    again = statistics.median(times[1:]) if args.repeats else None
+    print(f"first {times[0]:.1f} s; again (median of {args.repeats}) " + (f"{again:.1f} s" if again is not None else '-'))
+    print(footer(env))
+    write_json(args.out, dict(env=env, report=str(out), runs_made_s=t_make, write_s=times, first_s=times[0], again_s=again,
+                              size_mb=sizes[-1] / 1e6))
 
 
 if __name__ == '__main__': main()

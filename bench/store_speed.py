@@ -1,11 +1,11 @@
 """Probe store and analysis cost at ViT-S size (depth 12, 6 heads, 14x14 patches, K = 64 probe images).
 
-Usage: python bench/store_speed.py [--epochs 20] [--repeat 3]
+Usage: python bench/store_speed.py [--epochs 20] [--repeat 3] [--out FILE]
 Prints a markdown table: bytes per probe epoch, append and load times, and the per-epoch cost of the
 analysis functions that read a store (outliers per detector, sinks, massive activations, compare_runs first and
 again, when `outliers_over_epochs` reads its cache).
 """
-import argparse, os, platform, tempfile, time
+import argparse, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 from vitartifacts.probe import MassiveActivations, ProbeResult, TokenLayout
 from vitartifacts.store import ProbeStore, epoch_nbytes
 from vitartifacts import analysis as A
+from _common import add_out_argument, environment, footer, header, write_json
 
 
 def vit_s_result(n_reg: int, K: int = 64, depth: int = 12, H: int = 6, seed: int = 0) -> ProbeResult:
@@ -38,12 +39,14 @@ def timed(fn, repeat):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--epochs', type=int, default=20)
     ap.add_argument('--repeat', type=int, default=3)
+    add_out_argument(ap)
     args = ap.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeat}\n")
+    env = environment('cpu')
+    print(header(env))
+    print(f"best of {args.repeat}\n")
     rows = []
     for n_reg, dtype in ((0, 'float16'), (4, 'float16'), (4, 'log8')):
         r = vit_s_result(n_reg)
@@ -72,6 +75,11 @@ def main():
     for name, mb, mb_arr, ta, tl, tn, per, tc, tc2 in rows:
         print(f"| {name} | {mb:.2f} ({mb_arr:.2f}) | {ta:.3f} | {tl:.3f} | {tn:.3f} | {per['bimodal']:.3f} | {per['sigma']:.3f} | "
               f"{per['cutoff']:.3f} | {per['sinks']:.3f} | {per['massive']:.3f} | {tc:.2f} | {tc2:.3f} |")
+    print(footer(env))
+    write_json(args.out, dict(env=env, epochs=args.epochs, repeat=args.repeat, rows=[
+        dict(store=name, mb_per_epoch=mb, mb_arrays=mb_arr, append_s=ta, load_s=tl, read_norms_s=tn,
+             per_epoch_s=per, compare_runs_first_s=tc, compare_runs_again_s=tc2)
+        for name, mb, mb_arr, ta, tl, tn, per, tc, tc2 in rows]))
 
 
 if __name__ == '__main__':

@@ -12,18 +12,17 @@ other people's jobs do not move.
     .venv/bin/python bench/train_speed.py                 # CPU, one thread
     .venv/bin/python bench/train_speed.py --device cuda --size small --img_size 224 --patch_size 16 --batch_size 256
 """
-import argparse, json, platform, statistics, sys, tempfile, time
-from pathlib import Path
+import argparse, json, statistics, tempfile, time
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vitartifacts.config import Config
 from vitartifacts.models import create_model
-from vitartifacts.train import Data, mixup_fn
+from vitartifacts.data import Data, mixup_fn
+from _common import add_out_argument, environment, finish, header, write_json
 
 
 def dataset(n: int, img_size: int, num_classes: int) -> TensorDataset:
@@ -96,8 +95,11 @@ def main():
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads (0: torch default)')
     ap.add_argument('--device', default='cpu')
+    add_out_argument(ap)
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
+    env = environment(args.device)
+    print(header(env), flush=True)
     device, num_classes = torch.device(args.device), 10
     cfg = Config(size=args.size, img_size=args.img_size, patch_size=args.patch_size, batch_size=args.batch_size,
                  num_workers=0, wandb_mode='disabled', analysis_freq=0, save_freq=0, warmup_epochs=1, lr=4e-3,
@@ -112,14 +114,16 @@ def main():
               f'({ours[-1][0] / plain[-1][0]:.3f}); CPU-time img/s plain {plain[-1][1]:.1f} ours {ours[-1][1]:.1f} '
               f'({ours[-1][1] / plain[-1][1]:.3f})', flush=True)
     med = lambda xs: round(statistics.median(xs), 3)
-    result = dict(device=f'cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)' if device.type == 'cpu'
-                  else torch.cuda.get_device_name(device), torch=torch.__version__, timm=timm.__version__,
+    result = dict(device=f"cpu ({env['machine']}), {torch.get_num_threads()} thread(s)" if device.type == 'cpu'
+                  else env['gpu'], torch=env['torch'], timm=env['timm'],
                   model=f'{args.size} {args.img_size}px/{args.patch_size}', batch_size=args.batch_size,
                   wall=dict(plain=med([p[0] for p in plain]), ours=med([o[0] for o in ours]),
                             ratio=med([o[0] / p[0] for o, p in zip(ours, plain)])),
                   cpu_time=dict(plain=med([p[1] for p in plain]), ours=med([o[1] for o in ours]),
-                                ratio=med([o[1] / p[1] for o, p in zip(ours, plain)])))
+                                ratio=med([o[1] / p[1] for o, p in zip(ours, plain)])),
+                  env=finish(env))
     print(json.dumps(result, indent=1))
+    write_json(args.out, result)
     return result
 
 

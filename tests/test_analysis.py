@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vitartifacts import analysis as A
+from vitartifacts import probing as P
 from vitartifacts.config import Config
 from vitartifacts.models import create_model
 from vitartifacts.store import ProbeStore, epoch_nbytes
@@ -102,14 +103,14 @@ def test_probe_command_on_a_checkpoint_writes_the_same_store(run_dir, tmp_path):
     folder.mkdir()
     for i, im in enumerate(store.images()): Image.fromarray(im).save(folder / f'{i}.png')
     weights = store.weights_path(3)
-    out = A.probe_command(weights, folder, tmp_path / 'probed', epoch=3, batch_size=3)
+    out = P.probe_command(weights, folder, tmp_path / 'probed', epoch=3, batch_size=3)
     probed = ProbeStore(tmp_path / 'probed')
     assert out.root == probed.root and probed.epochs == [3] and probed.layout == store.layout
     assert probed.meta['model']['variant'] == 'register' and probed.labels is None
     # the stored norms are those of a direct probe of the same weights on the same files (up to float16)
     model = store.load_model_weights(create_model(**store.meta['model']), 3)
-    x, _ = A.read_image_folder(folder, 64)
-    ref = A.probe(model, x, attention=False).norms.numpy()
+    x, _ = P.read_image_folder(folder, 64)
+    ref = P.probe(model, x, attention=False).norms.numpy()
     np.testing.assert_allclose(probed.load(3)['norms'], ref, rtol=2e-3, atol=1e-3)
     table = A.compare_runs([tmp_path / 'probed'])
     assert math.isnan(table.iloc[0].final_val_acc1)

@@ -45,7 +45,7 @@ def watch(page) -> list[str]:
 
 # ---- the report ---------------------------------------------------------------------------------
 def test_report_slider_moves_the_views(browser, tmp_path):
-    from vitartifacts.views import fabricate_run
+    from vitartifacts.testing import fabricate_run
     from vitartifacts.report import report_command
     shape = dict(n_epochs=21, depth=6, n_heads=3, n_images=8, grid=(8, 8), patch_size=8, num_classes=4)
     runs = [fabricate_run(tmp_path / v, v, n_registers=2, **shape) for v in ('vanilla', 'register', 'gated')]
@@ -154,7 +154,7 @@ def jupyterlab(tmp_path):
 
 def test_explore_notebook_in_jupyterlab(browser, jupyterlab, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from vitartifacts.views import example_runs
+    from vitartifacts.testing import example_runs
     example_runs(['vanilla'])                                # the notebook's run (trained once and cached, or the demo's)
     page = browser.new_page(viewport={'width': 1500, 'height': 1100})
     errors = watch(page)

@@ -58,7 +58,7 @@ def test_train_then_probe_then_report(tmp_path, capsys):
     "A run trained from the command line is probed and reported by the other commands."
     n = torch.get_num_threads(); torch.set_num_threads(1)
     try:
-        code = main(['train', '--data_fn', 'vitartifacts.train:memory_data', '--size', 'tiny', '--model', 'register',
+        code = main(['train', '--data_fn', 'vitartifacts.testing:memory_data', '--size', 'tiny', '--model', 'register',
                      '--n_registers', '2', '--img_size', '32', '--patch_size', '8', '--epochs', '1', '--batch_size', '64',
                      '--num_workers', '0', '--wandb_mode', 'disabled', '--probe_size', '4', '--analysis_freq', '1',
                      '--runs_dir', str(tmp_path), '--run_name', 'r'])

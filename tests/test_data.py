@@ -13,7 +13,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitartifacts import data as vd
-from vitartifacts.data import build_data, synthetic_root
+from vitartifacts.config import Config, setting_names
+from vitartifacts.data import synthetic_root
+from vitartifacts.data import build_data as build_from_config
+
+
+def build_data(dataset='', **kw):
+    "`data.build_data` with the settings and the options given together by name, as these tests spell them."
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in kw.items() if k in setting_names()}
+    settings.setdefault('patch_size', 7 if settings.get('img_size', 224) % 8 else 8)   # the settings check img_size % patch_size
+    options = {k: v for k, v in kw.items() if k not in setting_names()}
+    return build_from_config(Config(dataset=dataset, **settings), **options)
 
 SMALL = dict(synthetic_train_per_class=8, synthetic_val_per_class=4, photo_names=(), probe_size=8, num_workers=0)
 
@@ -86,7 +96,7 @@ def test_no_class_folders(tmp_path):
 
 
 def test_dataset_names(tmp_path):
-    with pytest.raises(ValueError, match="Unknown dataset 'cifar10'"): build_data('cifar10')
+    with pytest.raises(ValueError, match="dataset='cifar10' is not one of"): build_data('cifar10')
     with pytest.raises(ValueError, match='needs data_path'): build_data('imagefolder')
     with pytest.raises(ValueError, match='does not read data_path'): build_data('synthetic', data_path=str(tmp_path))
 

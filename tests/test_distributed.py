@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from vitartifacts.config import Config
-from vitartifacts.train import read_metrics, train
+from vitartifacts.runs import read_metrics
+from vitartifacts.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Config(size='tiny', img_size=32, patch_size=8, epochs=2, batch_size=32, warmup_epochs=0.5, lr=4e-3,
               mixup_alpha=0, cutmix_alpha=0, drop_path_rate=0, num_workers=0, wandb_mode='disabled', analysis_freq=0,
-              save_freq=0, data_fn='vitartifacts.train:memory_data', device='cpu')
+              save_freq=0, data_fn='vitartifacts.testing:memory_data', device='cpu')
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +60,7 @@ def test_torchrun(one_process, tmp_path):
     args = ['--size', 'tiny', '--img_size', 32, '--patch_size', 8, '--epochs', 2, '--batch_size', 16,
             '--warmup_epochs', 0.5, '--lr', 4e-3, '--mixup_alpha', 0, '--cutmix_alpha', 0, '--drop_path_rate', 0,
             '--num_workers', 0, '--wandb_mode', 'disabled', '--analysis_freq', 0, '--save_freq', 0,
-            '--data_fn', 'vitartifacts.train:memory_data', '--device', 'cpu', '--runs_dir', tmp_path, '--run_name', 'tr']
+            '--data_fn', 'vitartifacts.testing:memory_data', '--device', 'cpu', '--runs_dir', tmp_path, '--run_name', 'tr']
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
     res = subprocess.run(torchrun + ['-m', 'vitartifacts.cli', 'train', *map(str, args)], env=env,

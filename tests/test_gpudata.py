@@ -11,8 +11,9 @@ from scipy import stats
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vitartifacts.data import CheckedImageFolder, check_imagefolder
-from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache,
-                                  _smooth_image, pil_reference_transform, prepare_cache, prepare_data_command)
+from vitartifacts.gpudata import (BatchAugment, BatchMixup, CachedLoader, ImageCache, pil_reference_transform,
+                                  prepare_cache, prepare_data_command)
+from vitartifacts.testing import smooth_image
 
 SHAPES = [(375, 500), (500, 375), (256, 256), (200, 600), (333, 500), (480, 640), (240, 320), (600, 400)]
 
@@ -23,7 +24,7 @@ def image_folder(root, classes=('a', 'b', 'c'), per_class=4, seed=0):
         (root / c).mkdir(parents=True)
         for k in range(per_class):
             h, w = SHAPES[(k + len(c)) % len(SHAPES)]
-            _smooth_image(rng, h, w).save(root / c / f'{k}.jpg', quality=90)
+            smooth_image(rng, h, w).save(root / c / f'{k}.jpg', quality=90)
     return root
 
 
@@ -66,7 +67,7 @@ def test_same_classes_and_samples_as_the_pil_path(tmp_path):
     (root / 'train' / '.ipynb_checkpoints').mkdir()                          # a hidden folder is no class
     (root / 'train' / 'a' / '._0.jpg').write_bytes(b'\x00\x05\x16\x07AppleDouble')  # macOS metadata, not an image
     (root / 'train' / 'b' / '.thumbs').mkdir()                               # images in a hidden folder are not samples
-    _smooth_image(np.random.default_rng(1), 64, 64).save(root / 'train' / 'b' / '.thumbs' / 'x.jpg')
+    smooth_image(np.random.default_rng(1), 64, 64).save(root / 'train' / 'b' / '.thumbs' / 'x.jpg')
     classes = check_imagefolder(root)
     pil = CheckedImageFolder(root / 'train', classes)
     out = prepare_cache(root / 'train', tmp_path / 'cache', num_workers=0)
@@ -87,7 +88,7 @@ def test_memory_map_and_device_copy_give_the_same_batches(tmp_path):
 
 def test_matmul_resampling_and_bf16_output(tmp_path):
     rng = np.random.default_rng(0)
-    cache = ImageCache.from_images([_smooth_image(rng, *s) for s in SHAPES], range(8))
+    cache = ImageCache.from_images([smooth_image(rng, *s) for s in SHAPES], range(8))
     images, _, transposed = cache.batch(np.arange(8))
     h, w = cache.sizes(np.arange(8))
     params = BatchAugment().sample(np.random.default_rng(1), h, w)
@@ -106,7 +107,7 @@ def test_matmul_resampling_and_bf16_output(tmp_path):
 
 def test_resume_in_every_process(tmp_path):
     rng = np.random.default_rng(0)
-    cache = ImageCache.from_images([_smooth_image(rng, *SHAPES[k % 8]) for k in range(24)], [k % 3 for k in range(24)], short_side=48)
+    cache = ImageCache.from_images([smooth_image(rng, *SHAPES[k % 8]) for k in range(24)], [k % 3 for k in range(24)], short_side=48)
     make = lambda rank: CachedLoader(cache, 4, augment=BatchAugment(img_size=32), mixup=BatchMixup(num_classes=3),
                                      seed=5, rank=rank, world_size=2)
     for rank in (0, 1):
@@ -135,7 +136,7 @@ def test_same_distribution_as_the_pil_pipeline():
     transform (KS tests; these reject the pipeline without ColorJitter, with jitter 0.6, without 3-Augment, or with
     crops of scale (0.08, 0.5))."""
     rng = np.random.default_rng(0)
-    cache = ImageCache.from_images([_smooth_image(rng, 375, 500) for _ in range(4)], range(4))
+    cache = ImageCache.from_images([smooth_image(rng, 375, 500) for _ in range(4)], range(4))
     sources = [Image.fromarray(np.ascontiguousarray(np.asarray(cache.images[k])[:, :, :int(cache.widths[k])].transpose(1, 2, 0)))
                for k in range(4)]       # PIL gets exactly the cached pixels
     n = 400

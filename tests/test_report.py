@@ -1,7 +1,7 @@
 """The HTML report at full size: three ViT-S-sized runs (vanilla, 4 registers, gated; 81 probe epochs of
 64 images, 12 blocks, 6 heads, 197/201 tokens, as training stores them) give one file of at most 20 MB.
 
-The runs are made up (`vitartifacts.views.fabricate_run`), so the test needs no training; the size of
+The runs are made up (`vitartifacts.testing.fabricate_run`), so the test needs no training; the size of
 a report depends on the runs' shapes, not on their numbers. To keep the test quick it runs two of the
 three outlier detectors: the bimodal one costs tens of milliseconds per layer and epoch (minutes for
 three ViT-S runs) and adds exactly as many numbers as the mean + 3 sigma one, which the test counts in.
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitartifacts.views import fabricate_run, RunView
+from vitartifacts.testing import fabricate_run
+from vitartifacts.views import RunView
 from vitartifacts.report import write_report, report_epochs
 
 LIMIT = 20_000_000   # bytes: "at most about 20 MB for three ViT-S runs with default settings"
@@ -79,7 +80,7 @@ def no_cls_run(run_dir: Path, n_registers: int, weights: bool) -> Path:
 
 @pytest.mark.parametrize('n_registers', [0, 1])
 def test_a_model_without_cls_token(tmp_path, n_registers):
-    from vitartifacts.views import ExploreFigures, weight_views
+    from vitartifacts.figures import ExploreFigures, weight_views
     run_dir = no_cls_run(tmp_path / 'no-cls', n_registers, weights=bool(n_registers))
     run = RunView(run_dir, detectors=('sigma',))
     assert run.layout.cls_index is None and run.n_registers == n_registers

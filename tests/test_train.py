@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from vitartifacts.config import Config, demo_config, from_namespace, setting_names
-from vitartifacts.train import read_metrics, train
+from vitartifacts.runs import read_metrics
+from vitartifacts.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / 'nbs' / 'workflows' / 'train.ipynb'
 # one thread: bit-exact comparisons need the same thread count in every run, and tiny models are fastest so
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(ROOT), WANDB_MODE='disabled')
-TINY = ['--data_fn', 'vitartifacts.train:memory_data', '--size', 'tiny', '--img_size', '32', '--patch_size', '8',
+TINY = ['--data_fn', 'vitartifacts.testing:memory_data', '--size', 'tiny', '--img_size', '32', '--patch_size', '8',
         '--num_workers', '0', '--wandb_mode', 'disabled', '--probe_size', '4']
 
 
@@ -79,7 +80,7 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path):
     cfg = Config(size='tiny', img_size=32, patch_size=8, epochs=1, batch_size=64, num_workers=0, wandb_mode='disabled',
-                 analysis_freq=0, data_fn='vitartifacts.train:memory_data', runs_dir=str(tmp_path), run_name='r')
+                 analysis_freq=0, data_fn='vitartifacts.testing:memory_data', runs_dir=str(tmp_path), run_name='r')
     train(cfg)
     with pytest.raises(ValueError, match=r"settings differ from its config.yaml: lr \(0.004 -> 0.001\)"):
         train(Config(**{**cfg.__dict__, 'lr': 1e-3, 'resume': True}))
@@ -130,7 +131,7 @@ def test_wandb_never_fails_a_run(tmp_path, monkeypatch, recwarn):
     monkeypatch.delenv('WANDB_API_KEY', raising=False)
     monkeypatch.delenv('WANDB_MODE', raising=False)
     base = dict(size='tiny', img_size=32, patch_size=8, epochs=1, batch_size=64, num_workers=0, analysis_freq=0,
-                data_fn='vitartifacts.train:memory_data', runs_dir=str(tmp_path), wandb_mode='online')
+                data_fn='vitartifacts.testing:memory_data', runs_dir=str(tmp_path), wandb_mode='online')
     run_dir = train(Config(**base, run_name='nokey', tensorboard=True))
     assert list((run_dir / 'wandb').glob('offline-run-*')), "wandb should have logged offline into the run folder"
     assert not [w for w in recwarn if 'wandb' in str(w.message)]
@@ -149,7 +150,7 @@ def test_run_folder_is_checked_once(tmp_path, monkeypatch):
     import vitartifacts.train as T
     checked = []
     monkeypatch.setattr(T, 'check_run_dir', lambda cfg, check=T.check_run_dir: checked.append(cfg.run_name) or check(cfg))
-    cfg = Config(data_fn='vitartifacts.train:memory_data', size='tiny', img_size=32, patch_size=8, batch_size=32,
+    cfg = Config(data_fn='vitartifacts.testing:memory_data', size='tiny', img_size=32, patch_size=8, batch_size=32,
                  epochs=1, num_workers=0, wandb_mode='disabled', analysis_freq=0, runs_dir=str(tmp_path), run_name='once')
     train(cfg)
     assert checked == ['once']
@@ -197,7 +198,8 @@ def test_fast_data_trains_from_a_prepared_cache(tmp_path):
 def test_fast_data_carries_its_target_function(tmp_path):
     "fast_data says who makes the soft targets: its loader when it mixes, else label smoothing as the Data's mixup_fn."
     from vitartifacts.data import SmoothedTargets
-    from vitartifacts.train import cached_data, soft_targets
+    from vitartifacts.gpudata import cached_data
+    from vitartifacts.train import soft_targets
     base = dict(size='tiny', img_size=32, patch_size=8, batch_size=8, probe_size=4, fast_data=True,
                 data_path=str(prepared_cache(tmp_path)), smoothing=0.2)
     plain = Config(**base, mixup_alpha=0, cutmix_alpha=0)

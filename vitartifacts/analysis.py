@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_analysis.ipynb #63e1cc1f
 from __future__ import annotations
-import dataclasses, hashlib, json, math, warnings
+import hashlib, json, math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,20 +14,17 @@ import torch
 from torch import nn
 
 from .probe import ProbeResult, TokenLayout, MassiveActivations, probe
-from .store import ProbeStore, _np, atomic_write_json
-from .config import Config
-from .train import read_metrics
+from .store import ProbeStore, as_numpy
+from .runs import atomic_write_json, read_metrics, run_settings
 
 # %% auto #0
-__all__ = ['DETECTORS', 'IMAGE_SUFFIXES', 'PROBE_SETS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff',
-           'otsu_threshold', 'gaussian_mixture_2', 'outliers_bimodal', 'detect_outliers', 'first_separating_layer',
-           'outlier_norm_ratio', 'outlier_table', 'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps',
-           'register_maps', 'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance',
-           'attention_share', 'sink_share', 'SinkRate', 'sink_rate', 'stored_massive', 'massive_table',
-           'patch_embeddings', 'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'outlier_cache_path',
-           'epoch_stamp', 'read_norms', 'outliers_over_epochs', 'sinks_over_epochs', 'run_settings', 'run_summary',
-           'compare_runs', 'infer_model_args', 'build_probe_model', 'read_image_folder', 'named_probe_set',
-           'probe_command']
+__all__ = ['DETECTORS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff', 'otsu_threshold', 'gaussian_mixture_2',
+           'outliers_bimodal', 'detect_outliers', 'first_separating_layer', 'outlier_norm_ratio', 'outlier_table',
+           'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps', 'register_maps', 'attention_rollout',
+           'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share', 'sink_share', 'SinkRate',
+           'sink_rate', 'stored_massive', 'massive_table', 'patch_embeddings', 'neighbour_similarity',
+           'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'epoch_stamp', 'read_norms',
+           'outliers_over_epochs', 'sinks_over_epochs', 'run_summary', 'compare_runs']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -41,7 +38,7 @@ class Outliers:
 
 def patch_norms(norms, layout: TokenLayout) -> np.ndarray:
     "The norms of the patch tokens only: [..., T] -> [..., N]."
-    return _np(norms)[..., layout.n_prefix:]
+    return as_numpy(norms)[..., layout.n_prefix:]
 
 
 def _outliers(norms: np.ndarray, threshold: float, separation=math.nan) -> Outliers:
@@ -51,13 +48,13 @@ def _outliers(norms: np.ndarray, threshold: float, separation=math.nan) -> Outli
 
 def outliers_sigma(norms, k: float = 3.0) -> Outliers:
     "Tokens whose norm exceeds the mean + `k` standard deviations of the norms given (one layer)."
-    x = _np(norms).astype(np.float64)
+    x = as_numpy(norms).astype(np.float64)
     return _outliers(x, x.mean() + k * x.std())
 
 
 def outliers_cutoff(norms, cutoff: float = 150.0) -> Outliers:
     "Tokens whose norm exceeds a fixed `cutoff` (Darcet et al.: 150 for DINOv2)."
-    return _outliers(_np(norms).astype(np.float64), cutoff)
+    return _outliers(as_numpy(norms).astype(np.float64), cutoff)
 
 # %% ../nbs/07_analysis.ipynb #bccf8706
 def otsu_threshold(x: np.ndarray) -> float:
@@ -71,7 +68,7 @@ def otsu_threshold(x: np.ndarray) -> float:
     i = int(np.argmax(np.where(xs[:-1] < xs[1:], between, -1)))   # split only between distinct values
     return float(0.5 * (xs[i] + xs[i + 1]))
 
-
+# %% ../nbs/07_analysis.ipynb #135af87a
 def gaussian_mixture_2(x: np.ndarray, threshold, bins: int = 256, iters: int = 200, tol: float = 1e-8):
     "Weights, means and variances [.., 2] of a 2-component Gaussian mixture of samples x [M] (or one per row of [L, M]), by EM on a histogram, started from a split at `threshold`."
     x = np.asarray(x, np.float64)
@@ -99,7 +96,7 @@ def gaussian_mixture_2(x: np.ndarray, threshold, bins: int = 256, iters: int = 2
         prev = mean_ll
     return (w[0], mu[0], var[0]) if single else (w, mu, var)
 
-
+# %% ../nbs/07_analysis.ipynb #e1764fcb
 def _bimodal(layers: list[np.ndarray], min_separation: float = 3.0, min_ratio: float = 2.0, max_share: float = 0.5) -> list[Outliers]:
     "The bimodal detector on several layers at once (one mixture fit per layer, vectorized)."
     layers = [np.asarray(n, np.float64) for n in layers]
@@ -122,10 +119,10 @@ def _bimodal(layers: list[np.ndarray], min_separation: float = 3.0, min_ratio: f
         out[i] = _outliers(layers[i], math.exp(t[below[0]] if len(below) else otsu_threshold(xs[i])), sep)
     return out
 
-
+# %% ../nbs/07_analysis.ipynb #9a408406
 def outliers_bimodal(norms, min_separation: float = 3.0, min_ratio: float = 2.0, max_share: float = 0.5) -> Outliers:
     "Tokens in the upper mode of a bimodal log-norm distribution: none unless the modes are `min_separation` apart (Ashman's D), `min_ratio` x apart in norm, and the upper one is under `max_share` of the tokens."
-    return _bimodal([_np(norms)], min_separation, min_ratio, max_share)[0]
+    return _bimodal([as_numpy(norms)], min_separation, min_ratio, max_share)[0]
 
 
 DETECTORS = dict(bimodal=outliers_bimodal, sigma=outliers_sigma, cutoff=outliers_cutoff)   # the default first: views and reports list them in this order
@@ -140,7 +137,7 @@ def detect_outliers(norms, layout: TokenLayout, detector: str = 'bimodal', **kwa
     return Outliers(np.stack([o.mask for o in per_layer]), np.array([o.ratio for o in per_layer]),
                     np.array([o.threshold for o in per_layer]), np.array([o.separation for o in per_layer]))
 
-
+# %% ../nbs/07_analysis.ipynb #24ce2999
 def first_separating_layer(outliers: Outliers | np.ndarray) -> int | None:
     "The first layer with any outlier (pass the bimodal detector's result), or None."
     ratio = outliers.ratio if isinstance(outliers, Outliers) else np.asarray(outliers)
@@ -150,10 +147,10 @@ def first_separating_layer(outliers: Outliers | np.ndarray) -> int | None:
 
 def outlier_norm_ratio(norms, mask) -> np.ndarray:
     "Median norm of the outliers over the median norm of all tokens given, per layer: norms and mask [L, K, N] -> [L] (nan: none)."
-    norms, mask = _np(norms), np.asarray(mask)
+    norms, mask = as_numpy(norms), np.asarray(mask)
     return np.array([np.median(n[m]) / np.median(n) if m.any() else math.nan for n, m in zip(norms, mask)])
 
-
+# %% ../nbs/07_analysis.ipynb #a02dc7dd
 def outlier_table(norms, layout: TokenLayout, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
     "Per layer: outlier ratio, threshold, separation, outlier-to-median norm ratio, and max-to-median norm ratio."
     o, pn = detect_outliers(norms, layout, detector, **kwargs), patch_norms(norms, layout)
@@ -172,10 +169,10 @@ def prefix_tokens(layout: TokenLayout) -> dict[str, int]:
 
 def attention_maps(attn_prefix, layout: TokenLayout, rows) -> np.ndarray:
     "Attention of the prefix tokens at `rows` to the patches, on the grid: [..., P, T] -> [..., len(rows), h, w], in the dtype given (stored attention stays undecoded)."
-    a = _np(attn_prefix)[..., list(rows), layout.n_prefix:]                     # ..., R, N
+    a = as_numpy(attn_prefix)[..., list(rows), layout.n_prefix:]                     # ..., R, N
     return a.reshape(*a.shape[:-1], *layout.grid)
 
-
+# %% ../nbs/07_analysis.ipynb #47c866f1
 def _prefix_row(layout: TokenLayout, token) -> int:
     rows = prefix_tokens(layout)
     if isinstance(token, str):
@@ -184,7 +181,7 @@ def _prefix_row(layout: TokenLayout, token) -> int:
     if not 0 <= token < len(rows): raise ValueError(f"token={token} is out of range; this model has {len(rows)} prefix tokens.")
     return int(token)
 
-
+# %% ../nbs/07_analysis.ipynb #030edbda
 def prefix_maps(attn_prefix, layout: TokenLayout, token: str | int = 'cls') -> np.ndarray:
     "Attention of one prefix token ('cls', 'reg0', ... or its row) to the patches, on the grid: [depth, K, H, h, w]."
     return attention_maps(attn_prefix, layout, [_prefix_row(layout, token)])[..., 0, :, :]
@@ -204,7 +201,7 @@ def attention_rollout(attn, head_fusion: str = 'mean', residual: bool = True, st
     "Attention rollout (Abnar & Zuidema 2020) of full maps attn [depth, B, H, T, T] -> [B, T, T]."
     if isinstance(attn, ProbeResult): attn = attn.attn
     if attn is None: raise ValueError("attention rollout needs full attention maps; probe with attention=True.")
-    a = torch.as_tensor(_np(attn), dtype=torch.float64)[start_layer:]
+    a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)[start_layer:]
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion={head_fusion!r} is not a way to fuse heads; use 'mean', 'max' or 'min'.")
     a = getattr(a, head_fusion)(dim=2)
@@ -215,7 +212,7 @@ def attention_rollout(attn, head_fusion: str = 'mean', residual: bool = True, st
     for layer in a: out = layer @ out                                            # later layers on the left
     return out.numpy()
 
-
+# %% ../nbs/07_analysis.ipynb #6e7af8b6
 def rollout_maps(model: nn.Module, images: torch.Tensor, **kwargs) -> np.ndarray:
     "CLS row of the attention rollout over the patches, [B, h, w], from one full probe of `images`."
     r = probe(model, images, attention=True)
@@ -226,7 +223,7 @@ def rollout_maps(model: nn.Module, images: torch.Tensor, **kwargs) -> np.ndarray
 # %% ../nbs/07_analysis.ipynb #05a62a7a
 def attention_entropy(attn, normalize: bool = False) -> np.ndarray:
     "Attention entropy per layer and head, mean over images and queries: attn [depth, B, H, Q, T] -> [depth, H] (nats, or / log T)."
-    a = torch.as_tensor(_np(attn), dtype=torch.float64)
+    a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)
     ent = -(a * a.clamp_min(1e-30).log()).sum(-1).mean(dim=(1, 3))
     return (ent / math.log(a.shape[-1]) if normalize else ent).numpy()
 
@@ -239,14 +236,14 @@ def _grid_distances(grid: tuple[int, int]) -> torch.Tensor:
 
 def mean_attention_distance(attn, layout: TokenLayout, patch_size: float = 1.0) -> np.ndarray:
     "Mean attention distance per layer and head (in patches, or pixels with `patch_size`): attn [depth, B, H, T, T] -> [depth, H]."
-    a = torch.as_tensor(_np(attn), dtype=torch.float64)[..., layout.n_prefix:, layout.n_prefix:]   # patch to patch
+    a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)[..., layout.n_prefix:, layout.n_prefix:]   # patch to patch
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
     return ((a * _grid_distances(layout.grid)).sum(-1).mean(dim=(1, 3)) * patch_size).numpy()
 
 # %% ../nbs/07_analysis.ipynb #dfb1d3a4
 def attention_share(attn_received, tokens) -> np.ndarray:
     "Share of attention received by `tokens` (an index, indices, or a bool mask [T] or [K, T]) per layer and head, mean over images: [depth, H]."
-    a = _np(attn_received)                                                       # depth, K, H, T
+    a = as_numpy(attn_received)                                                       # depth, K, H, T
     if isinstance(tokens, (int, np.integer)): tokens = [tokens]
     t = np.asarray(tokens)
     if t.dtype != bool:
@@ -254,17 +251,17 @@ def attention_share(attn_received, tokens) -> np.ndarray:
     if t.ndim == 1: t = np.broadcast_to(t, (a.shape[1], a.shape[-1]))
     return (a * t[None, :, None, :]).sum(-1).mean(1)
 
-
+# %% ../nbs/07_analysis.ipynb #bdbc8965
 def sink_share(attn_received, layout: TokenLayout) -> dict[str, np.ndarray]:
     "Attention share [depth, H] of each prefix token ('cls', 'reg0', ...), 'registers', 'patches' and the 'top patch' of each image."
-    a = _np(attn_received)
+    a = as_numpy(attn_received)
     out = {name: attention_share(a, i) for name, i in prefix_tokens(layout).items()}
     if layout.n_registers: out['registers'] = attention_share(a, list(layout.register_indices))
     out['patches'] = attention_share(a, list(layout.patch_indices))
     out['top patch'] = a[..., layout.n_prefix:].max(-1).mean(1)
     return out
 
-
+# %% ../nbs/07_analysis.ipynb #1cc95883
 @dataclass
 class SinkRate:
     "How often one token takes more than `threshold` of a head's attention."
@@ -272,10 +269,10 @@ class SinkRate:
     per_head: np.ndarray       # [depth, H] fraction of images in which the head has a sink
     token: np.ndarray          # [depth, H] the token most often the sink (-1: never a sink)
 
-
+# %% ../nbs/07_analysis.ipynb #f0b3ca6b
 def sink_rate(attn_received, threshold: float = 0.3) -> SinkRate:
     "Sink rate (Gu et al. 2024): the share of layer-head pairs where one token receives more than `threshold` of the attention mass."
-    a = _np(attn_received)                                                       # depth, K, H, T
+    a = as_numpy(attn_received)                                                       # depth, K, H, T
     top, arg = a.max(-1), a.argmax(-1)                                           # depth, K, H
     sink = top > threshold
     counts = np.zeros((a.shape[0], a.shape[2], a.shape[-1]))
@@ -290,7 +287,7 @@ def stored_massive(store: ProbeStore, epoch: int) -> MassiveActivations:
     d = store.load(epoch, [f'massive_{k}' for k in ('values', 'dims', 'tokens', 'median')])
     return MassiveActivations(*(torch.from_numpy(d[f'massive_{k}']) for k in ('values', 'dims', 'tokens', 'median')))
 
-
+# %% ../nbs/07_analysis.ipynb #f8b48538
 def massive_table(store: ProbeStore, epochs: list[int] | None = None) -> pd.DataFrame:
     "Per stored epoch and layer: the largest |activation|, its feature dim and token, the median |activation| and their ratio."
     rows = []
@@ -309,12 +306,12 @@ def patch_embeddings(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     try:
         x = model.eval().patch_embed(images.to(next(model.parameters()).device))
     finally: model.train(was)
-    return _np(x.flatten(1, -2))                                                # B, N, C (a B, h, w, C grid too)
+    return as_numpy(x.flatten(1, -2))                                                # B, N, C (a B, h, w, C grid too)
 
-
+# %% ../nbs/07_analysis.ipynb #3a2bcbe8
 def neighbour_similarity(patch_tokens, grid: tuple[int, int]) -> np.ndarray:
     "Mean cosine similarity of each patch to its 4 grid neighbours: [B, N, C] -> [B, N]."
-    x = torch.as_tensor(_np(patch_tokens), dtype=torch.float64)
+    x = torch.as_tensor(as_numpy(patch_tokens), dtype=torch.float64)
     x = torch.nn.functional.normalize(x, dim=-1).reshape(x.shape[0], *grid, x.shape[-1])   # B, h, w, C
     total, count = torch.zeros(x.shape[:3], dtype=x.dtype), torch.zeros(grid, dtype=x.dtype)
     for dim, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
@@ -326,16 +323,16 @@ def neighbour_similarity(patch_tokens, grid: tuple[int, int]) -> np.ndarray:
         total += (x * nb).sum(-1) * valid; count += valid
     return (total / count).reshape(x.shape[0], -1).numpy()
 
-
+# %% ../nbs/07_analysis.ipynb #56d918a3
 def outlier_redundancy(similarity, mask) -> dict:
     "Mean neighbour similarity of outlier patches and of normal patches (mask [B, N])."
-    s, m = _np(similarity), np.asarray(mask, bool)
+    s, m = as_numpy(similarity), np.asarray(mask, bool)
     return dict(outlier=float(s[m].mean()) if m.any() else math.nan, normal=float(s[~m].mean()), n_outliers=int(m.sum()))
 
 # %% ../nbs/07_analysis.ipynb #144d342c
 def position_probe(patch_tokens, mask, grid: tuple[int, int], train_frac: float = 0.5, l2: float = 1e-3) -> dict:
     "Linear probe from token to patch position, trained on normal tokens of the first images, scored on the rest: accuracy and error (patches) for normal and outlier tokens."
-    x = torch.as_tensor(_np(patch_tokens), dtype=torch.float64)                 # B, N, C
+    x = torch.as_tensor(as_numpy(patch_tokens), dtype=torch.float64)                 # B, N, C
     mask = torch.as_tensor(np.asarray(mask, bool))
     B, N, C = x.shape
     n_train = max(1, min(B - 1, int(round(B * train_frac))))
@@ -372,7 +369,7 @@ def read_norms(store: ProbeStore, epoch: int) -> tuple[list[int], np.ndarray]:
     "An epoch's stamp and token norms [L, K, T] (float32). The stamp is taken first: a result filed under it is at worst recomputed, never stale."
     return epoch_stamp(store, epoch), store.load(epoch, ['norms'])['norms']
 
-
+# %% ../nbs/07_analysis.ipynb #b315675b
 def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: list[int] | None = None,
                          cache: bool = True, norms: dict | None = None, **kwargs) -> pd.DataFrame:
     """`outlier_table` of every stored epoch, with an epoch column.
@@ -401,7 +398,7 @@ def outliers_over_epochs(store: ProbeStore, detector: str = 'bimodal', epochs: l
         except OSError: pass                              # a read-only run folder: no cache, same answer
     return pd.DataFrame(columns).astype(dtypes)           # one frame for all epochs: a frame per epoch cost more than reading the cache
 
-
+# %% ../nbs/07_analysis.ipynb #566fab37
 def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, threshold: float = 0.3) -> pd.DataFrame:
     "Per stored epoch and layer: the attention share of each prefix token, the registers, the patches and the top patch (mean over heads), and the sink rate."
     rows, layout = [], store.layout
@@ -414,16 +411,6 @@ def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, thresh
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #ad552ec8
-def run_settings(run_dir: Path | str) -> dict:
-    "The settings in the run's config.yaml (read by `Config.load`) as a dict; empty without one. One that cannot be read warns and counts as none: the probes and metrics can still be looked at."
-    p = Path(run_dir) / 'config.yaml'
-    if not p.exists(): return {}
-    try: return dataclasses.asdict(Config.load(p))
-    except ValueError as e:
-        warnings.warn(f"{e} Its settings are left out.")
-        return {}
-
-
 def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dict:
     "The headline figures of one run (see `compare_runs`)."
     run_dir = Path(run_dir)
@@ -452,143 +439,7 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
                    sink_rate=sink_rate(d['attn_received']).rate)
     return row
 
-
+# %% ../nbs/07_analysis.ipynb #5c1fe27e
 def compare_runs(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
     "A table of the headline figures of each run folder in `run_dirs`, one row per run."
     return pd.DataFrame([run_summary(r, detector, **kwargs) for r in run_dirs]).set_index('run')
-
-# %% ../nbs/07_analysis.ipynb #081eb3d7
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm')
-
-
-def infer_model_args(state_dict: dict) -> dict:
-    "create_model arguments (variant, size, n_registers, gate, patch_size, img_size, num_classes) read off one of our state dicts."
-    from vitartifacts.models import SIZES
-    sd = state_dict
-    if 'patch_embed.proj.weight' not in sd or 'cls_token' not in sd:
-        raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or cls_token); pass model= a timm model name.")
-    dim, patch = sd['patch_embed.proj.weight'].shape[0], sd['patch_embed.proj.weight'].shape[-1]
-    n_pos = sd['pos_embed'].shape[1]
-    if math.isqrt(n_pos) ** 2 != n_pos:
-        raise ValueError(f"the weights' position embedding has {n_pos} entries, not a square grid of patches (a ViT that embeds "
-                         "the CLS position, like timm's original ViT or DINOv2?); pass model= its timm model name.")
-    depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
-    size = next((s for s, a in SIZES.items() if a['embed_dim'] == dim and a['depth'] == depth), None)
-    if size is None: raise ValueError(f"the weights have width {dim} and depth {depth}, which is none of the sizes {', '.join(SIZES)}; pass model= a timm model name.")
-    args = dict(size=size, patch_size=int(patch), img_size=math.isqrt(n_pos) * int(patch),
-                num_classes=int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0)
-    if any(k.endswith('attn.gate.proj.weight') for k in sd): args.update(variant='gated', gate='headwise')
-    elif any(k.endswith('attn.gate.weight') for k in sd): args.update(variant='gated', gate='elementwise')
-    elif 'reg_token' in sd: args.update(variant='register', n_registers=int(sd['reg_token'].shape[1]))
-    else: args.update(variant='vanilla')
-    return args
-
-
-def build_probe_model(weights: Path | str, model: str | None = None, **model_args) -> tuple[nn.Module, dict]:
-    "The model for a weights file: ours (arguments read from the file, `model_args` override) or timm's `model`; with its info."
-    import timm
-    from vitartifacts.models import VARIANTS, create_model, load_weights, _read_state_dict
-    weights = Path(weights)
-    sd = _read_state_dict(weights)
-    if model is None or model in VARIANTS:
-        info = infer_model_args(sd)
-        if model is not None and model != info['variant']:
-            raise ValueError(f"model={model!r} does not match {weights}, which holds a {info['variant']} model.")
-        info.update({k: v for k, v in model_args.items() if v is not None})
-        net = create_model(**{k: v for k, v in info.items()}, drop_path_rate=0.0)
-    else:
-        if not timm.is_model(model): raise ValueError(f"model={model!r} is neither a variant ({', '.join(VARIANTS)}) nor a timm model name.")
-        kw = {k: v for k, v in model_args.items() if v is not None and k in ('img_size', 'num_classes')}
-        if 'num_classes' not in kw: kw['num_classes'] = int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0
-        net = timm.create_model(model, pretrained=False, **kw)
-        info = dict(timm_name=model, **kw)
-    load_weights(net, weights)
-    return net.eval(), info
-
-
-def _model_norm(model) -> tuple[tuple, tuple]:
-    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
-
-
-def read_image_folder(folder: Path | str, img_size: int, n_images: int = 64, mean=None, std=None, seed: int = 0):
-    "Up to `n_images` images of `folder` (the data module's seeded probe subset) through the evaluation transform; labels from class subfolders, else None."
-    from PIL import Image
-    from vitartifacts.data import val_transform, probe_indices
-    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.'))
-    if not files: raise FileNotFoundError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    files = [files[i] for i in probe_indices(len(files), min(n_images, len(files)), seed).tolist()]
-    tf = val_transform(img_size, mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD)
-    x = torch.stack([tf(Image.open(p).convert('RGB')) for p in files])
-    if not all(p.parent != folder for p in files): return x, None
-    classes = sorted({p.relative_to(folder).parts[0] for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.parent != folder})
-    return x, torch.tensor([classes.index(p.relative_to(folder).parts[0]) for p in files])
-
-
-PROBE_SETS = ('photos', 'synthetic')
-
-
-def named_probe_set(name: str, img_size: int, n_images: int = 64, mean=None, std=None, seed: int = 0):
-    "Images and labels of a named probe set: 'photos' (scikit-image's photographs) or 'synthetic' (the demo dataset's validation split)."
-    from vitartifacts import data
-    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    mean, std = mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD
-    if name == 'photos':
-        x, _ = data.photos(img_size, mean=mean, std=std)
-        return x[:n_images], None
-    if name == 'synthetic':
-        from torchvision.datasets import ImageFolder
-        val = ImageFolder(str(data.synthetic_root() / 'val'), transform=data.val_transform(img_size, mean, std))
-        x, labels, _ = data.probe_set(val, min(n_images, len(val)), seed)
-        return x, labels
-    raise ValueError(f"images={name!r} is neither a folder nor a probe set; pass a folder of images or one of {', '.join(PROBE_SETS)}.")
-
-
-def _probe_batches(model, x, batch_size):
-    "One probe pass in batches, concatenated (massive activations: top over batches, median of the batch medians)."
-    parts = [probe(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)]
-    if len(parts) == 1: return parts[0]
-    vals = torch.cat([p.massive.values for p in parts], 1); top = vals.argsort(1, descending=True)[:, :parts[0].massive.values.shape[1]]
-    pick = lambda name: torch.cat([getattr(p.massive, name) for p in parts], 1).gather(1, top)
-    massive = MassiveActivations(vals.gather(1, top), pick('dims'),
-                                 torch.cat([p.massive.tokens for p in parts], 1).gather(1, top),
-                                 torch.stack([p.massive.median for p in parts]).median(0).values)
-    cat = lambda name, dim: torch.cat([getattr(p, name) for p in parts], dim)
-    return ProbeResult(norms=cat('norms', 1), layout=parts[0].layout, massive=massive, logits=cat('logits', 0),
-                       attn_prefix=cat('attn_prefix', 1), attn_received=cat('attn_received', 1))
-
-
-def probe_command(
-    weights: Path | str,            # a weights file: our checkpoint or safetensors, or a timm/DeiT/DINOv2 file
-    images: Path | str,             # a folder of images (class subfolders give labels) or a probe set name from vitartifacts.data
-    out: Path | str,                # the folder to write the probe store into (out/probes)
-    model: str | None = None,       # None: read our variant from the weights; a variant; or a timm model name
-    size: str | None = None,        # our size, when it should not be read from the weights
-    n_registers: int | None = None, # our register count, likewise
-    img_size: int | None = None,    # image size (default: the model's)
-    patch_size: int | None = None,  # our patch size, likewise
-    num_classes: int | None = None, # classifier outputs (default: from the weights)
-    n_images: int = 64,             # how many images to probe
-    epoch: int = 0,                 # the epoch to file the probe under
-    batch_size: int = 64,           # images per probe pass
-    device: str = 'cpu',            # where to run the model
-    attn_dtype: str = 'float16',    # attention storage format
-    save_weights: bool = False,     # also store the weights (bf16) with the probe
-) -> ProbeStore:
-    "Probe `images` with the model in `weights` and write the probe store to `out`: `vitartifacts probe`."
-    net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
-                                  patch_size=patch_size, num_classes=num_classes)
-    net = net.to(device)
-    size_px = img_size or info.get('img_size') or net.patch_embed.img_size[0]
-    mean, std = _model_norm(net)
-    if Path(images).is_dir(): x, labels = read_image_folder(images, size_px, n_images, mean, std)
-    elif Path(images).exists(): raise ValueError(f"images={str(images)!r} is a file; pass a folder of images or a probe set name.")
-    else: x, labels = named_probe_set(str(images), size_px, n_images, mean, std)
-    result = _probe_batches(net, x, batch_size)
-    store = ProbeStore(out, attn_dtype=attn_dtype)
-    store.append(epoch, result, images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
-                 model_info=dict(weights=str(Path(weights).resolve()), **info))
-    return store

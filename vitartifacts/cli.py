@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, dataclasses, difflib, importlib, os, re, sys
 from pathlib import Path
 
-from .config import Config, add_arguments, check_run_dir, setting_names
+from .config import Config, add_arguments, setting_names
+from .runs import check_run_dir
 
 # %% auto #0
 __all__ = ['Parser', 'build_parser', 'parse_args', 'train_config', 'run_command', 'main']
@@ -72,7 +73,7 @@ def build_parser() -> Parser:
     p.commands = dict(train=t, probe=pr, report=r, **{'prepare-data': d})
     return p
 
-
+# %% ../nbs/09_cli.ipynb #8737f654
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "Parse a `vitartifacts` command line; an unknown option is reported by its command's parser."
     p = build_parser()
@@ -93,7 +94,7 @@ def train_config(args: argparse.Namespace) -> Config:
         if saved.exists(): base = dataclasses.replace(Config.load(saved), overwrite=False)
     return Config.from_args(given, base=base)
 
-
+# %% ../nbs/09_cli.ipynb #c1bdff0f
 def _command(module: str, name: str):
     "The function `name` of `vitartifacts.<module>`, or a clear error if its owner has not provided it."
     try: mod = importlib.import_module(f'vitartifacts.{module}')
@@ -104,7 +105,7 @@ def _command(module: str, name: str):
         raise ValueError(f"This installation has no vitartifacts.{module}.{name}, which this command needs.")
     return getattr(mod, name)
 
-
+# %% ../nbs/09_cli.ipynb #b0db1cee
 def run_command(args: argparse.Namespace):
     "Carry out a parsed command line."
     if args.command == 'train':
@@ -117,7 +118,7 @@ def run_command(args: argparse.Namespace):
     elif args.command == 'probe':
         if not args.weights.is_file(): raise FileNotFoundError(f"Weights file {args.weights} does not exist.")
         kw = {k: v for k, v in vars(args).items() if k != 'command'}
-        store = _command('analysis', 'probe_command')(**kw)
+        store = _command('probing', 'probe_command')(**kw)
         print(f"probe store: {getattr(store, 'root', store)}")
     elif args.command == 'report':
         out = _command('report', 'report_command')([str(r) for r in args.runs], str(args.out))
@@ -143,4 +144,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitartifacts {args.command}: interrupted.", file=sys.stderr); return 130
     return 0
 
+# %% ../nbs/09_cli.ipynb #2ef81a75
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m`, not this notebook

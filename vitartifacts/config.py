@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #24d8a3b2
 from __future__ import annotations
-import argparse, copy, dataclasses, difflib, os, re, tempfile
+import argparse, copy, dataclasses, difflib, re
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import yaml
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
            'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config',
-           'setting_names', 'setting_help', 'check_mixup_batch', 'atomic_write', 'atomic_write_text', 'holds_run',
-           'check_run_dir', 'add_arguments', 'demo_config', 'from_namespace', 'parameters_cell']
+           'setting_names', 'setting_help', 'check_mixup_batch', 'add_arguments', 'demo_config', 'from_namespace',
+           'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -129,6 +129,7 @@ def _unknown(name):
 # %% ../nbs/00_config.ipynb #aa2f7dca
 _TRUE, _FALSE = ('true', 'yes', '1', 'on'), ('false', 'no', '0', 'off')
 
+# %% ../nbs/00_config.ipynb #9ec4d283
 def _coerce(name, value, kind):
     "`value` as the type `kind` of setting `name`, or a `ValueError` naming it."
     bad = ValueError(f"Setting {name} must be {kind}, got {value!r}.")
@@ -167,6 +168,7 @@ def check_mixup_batch(batch_size: int, mixup_alpha: float, cutmix_alpha: float):
         raise ValueError(f"Setting batch_size={batch_size} must be even for Mixup/CutMix, which mixes each image with another "
                          "of its batch; use an even batch, or set mixup_alpha=0 and cutmix_alpha=0.")
 
+# %% ../nbs/00_config.ipynb #c27de9fb
 def _validate(cfg: Config):
     "Coerce every field of `cfg` in place, then check values; raise `ValueError` naming the first bad setting."
     for f in fields(cfg): setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), f.type))
@@ -202,10 +204,9 @@ def _validate(cfg: Config):
     need(not (cfg.resume and cfg.overwrite), "Settings resume and overwrite exclude each other; pass one of them.")
     need(cfg.data_fn == '' or re.fullmatch(r'[\w.]+:\w+', cfg.data_fn) is not None,
          f"Setting data_fn={cfg.data_fn!r} must look like 'package.module:function'.")
-    if cfg.data_path:
-        need(Path(cfg.data_path).expanduser().exists(),
-             f"Setting data_path={cfg.data_path!r} does not exist; point it at a dataset folder or leave it empty "
-             "for the synthetic dataset.")
+    if cfg.data_path and not Path(cfg.data_path).expanduser().exists():   # a missing file, as open() would say
+        raise FileNotFoundError(f"Setting data_path={cfg.data_path!r} does not exist; point it at a dataset folder or "
+                                "leave it empty for the synthetic dataset.")
     need(not (cfg.dataset == 'imagefolder' and not cfg.data_path and not cfg.data_fn),
          "Setting dataset='imagefolder' needs data_path, the folder holding train/ and val/.")
     need(not (cfg.fast_data and not cfg.data_path and not cfg.data_fn),
@@ -218,35 +219,18 @@ def _from_dict(cls, d: dict) -> Config:
         if k not in setting_names(): raise ValueError(_unknown(k))
     return cls(**d)
 
-def atomic_write(path, write) -> Path:
-    """Call `write(f)` on a binary temporary file beside `path` (a dot-file, so readers listing the folder skip it),
-    flush it to disk, then move it onto `path` in one `os.replace`: readers see the old file or the new one, never a
-    part. Every single file the project writes (settings, metrics, checkpoints, weights, probe epochs, analysis cache,
-    report) goes through here; the two folder-level writes, `gpudata.prepare_cache` and `train.keep_copy`, rename into
-    place the same way."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run from other users
-        with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
-def atomic_write_text(path, text: str) -> Path:
-    "Write `text` to `path` atomically (`atomic_write`)."
-    return atomic_write(path, lambda f: f.write(text.encode()))
 
 def _to_yaml(self) -> str:
     "The settings as YAML, in definition order."
     return yaml.safe_dump(asdict(self), sort_keys=False)
 
+
 def _save(self, path):
     "Write the settings to `path` (YAML) atomically."
+    from vitartifacts.runs import atomic_write_text   # the run folder's writer; `runs` imports this module, so not at the top
     atomic_write_text(path, self.to_yaml())
 
+# %% ../nbs/00_config.ipynb #c498267b
 def _load(cls, path) -> Config:
     "The `Config` stored in the YAML file `path`."
     path = Path(path)
@@ -257,6 +241,7 @@ def _load(cls, path) -> Config:
     return cls.from_dict(d)
 
 Config.from_dict, Config.load = classmethod(_from_dict), classmethod(_load)
+
 Config.to_yaml, Config.save = _to_yaml, _save
 
 # %% ../nbs/00_config.ipynb #31ee5dd5
@@ -278,32 +263,10 @@ def _training_diff(self, other: Config) -> list[str]:
 
 Config.resolved, Config.run_dir, Config.training_diff = _resolved, property(_run_dir), _training_diff
 
-# %% ../nbs/00_config.ipynb #16e525fe
-def holds_run(run_dir: Path) -> bool:
-    "Whether `run_dir` already holds (part of) a training run."
-    return any((run_dir / n).exists() for n in ('config.yaml', 'metrics.jsonl', 'checkpoints'))
-
-
-def check_run_dir(cfg: Config):
-    "Raise if `cfg` may not start in its run folder (needs a resolved `run_name`)."
-    run_dir = cfg.run_dir
-    if cfg.resume:
-        if not (run_dir / 'checkpoints' / 'latest.pt').exists():
-            raise FileNotFoundError(f"Cannot resume: {run_dir / 'checkpoints' / 'latest.pt'} does not exist; "
-                                    "start the run without resume.")
-        saved = Config.load(run_dir / 'config.yaml')
-        changed = cfg.training_diff(saved)
-        if changed:
-            diffs = ', '.join(f'{n} ({getattr(saved, n)!r} -> {getattr(cfg, n)!r})' for n in changed)
-            raise ValueError(f"Cannot resume {run_dir}: settings differ from its config.yaml: {diffs}; "
-                             "pass the saved values or start a new run.")
-    elif holds_run(run_dir) and not cfg.overwrite:
-        raise FileExistsError(f"Run folder {run_dir} already holds a run; pass resume=True to continue it, "
-                              "overwrite=True to replace it, or another run_name.")
-
 # %% ../nbs/00_config.ipynb #63f0c7c9
 def _bool_arg(s: str) -> bool: return _coerce('flag', s, 'bool')
 
+# %% ../nbs/00_config.ipynb #b8ca88c3
 def add_arguments(parser: argparse.ArgumentParser):
     "Add one option per setting to `parser`, defaulting to 'not given'."
     for f in fields(Config):
@@ -319,6 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser):
         parser.add_argument(*names, **kw)
     return parser
 
+# %% ../nbs/00_config.ipynb #afb483bb
 def _from_args(cls, args: argparse.Namespace | dict, base: Config | None = None) -> Config:
     "A `Config` from parsed options: `base` (or the defaults) with the options the user gave."
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items()
@@ -330,14 +294,17 @@ Config.from_args = classmethod(_from_args)
 # %% ../nbs/00_config.ipynb #86525194
 DEMO = dict(size='tiny', img_size=64, patch_size=8, epochs=6, batch_size=64, lr=1e-2, warmup_epochs=1, probe_size=16, analysis_freq=2, probe_weights=True, save_freq=3, wandb_mode='offline', log_freq=10)
 
+
 def demo_config(**overrides) -> Config:
     "The embedded demo: a tiny ViT on the synthetic dataset, a few minutes on a CPU."
     return Config.from_dict({**DEMO, **overrides})
+
 
 def from_namespace(ns: dict) -> Config:
     "A `Config` from the setting names found in the mapping `ns` (a notebook's `globals()`)."
     return Config.from_dict({k: ns[k] for k in setting_names() if k in ns})
 
+# %% ../nbs/00_config.ipynb #dbe34b30
 def parameters_cell(cfg: Config | None = None) -> str:
     "The source of a papermill parameters cell holding every setting of `cfg` (default: the demo)."
     cfg = cfg or demo_config()

@@ -4,10 +4,10 @@
 
 # %% ../nbs/03_data.ipynb #d61e3c99
 from __future__ import annotations
-import colorsys, gzip, hashlib, inspect, json, logging, math, os, shutil, tempfile
-from dataclasses import dataclass
+import colorsys, gzip, hashlib, importlib, json, logging, math, os, shutil, tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.mixup import mixup_target
 
-from .config import check_mixup_batch
+from .config import Config, DATASETS
 
 log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = '~/.cache/vitartifacts'
@@ -33,13 +33,14 @@ def cache_path(cache_dir=None) -> Path:
 
 # %% auto #0
 __all__ = ['log', 'DEFAULT_CACHE_DIR', 'DECODE_ERRORS', 'SHAPES', 'PATTERNS', 'STYLES', 'SYNTHETIC_VERSION', 'SYNTHETIC_PRESETS',
-           'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'DATASETS', 'cache_path', 'denormalize', 'image_grid',
+           'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'cache_path', 'denormalize', 'image_grid',
            'class_folders', 'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'decode_rgb',
            'CheckedImageFolder', 'synthetic_classes', 'synthetic_image', 'write_synthetic', 'synthetic_root',
            'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor',
            'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root', 'fashion_mnist',
-           'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler',
-           'default_num_workers', 'build_loaders', 'DataBundle', 'resolve_dataset', 'build_data', 'data_kwargs']
+           'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler', 'world',
+           'default_num_workers', 'build_loaders', 'Data', 'mixup_fn', 'resolve_dataset', 'data_fn_data', 'folder_data',
+           'build_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 def denormalize(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
@@ -47,6 +48,7 @@ def denormalize(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAUL
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     return ((x.detach().cpu().float() * s + m) * 255).round().clamp(0, 255).to(torch.uint8)
 
+# %% ../nbs/03_data.ipynb #af5caaf3
 def image_grid(images, ncols=8, labels=None, scale=1, pad=2) -> Image.Image:
     "A grid of images (PIL images, uint8 or normalized float [N, 3, H, W] tensors) with optional captions, for notebooks."
     if isinstance(images, torch.Tensor):
@@ -70,8 +72,10 @@ def _list_names(names, limit=5):
     shown = ', '.join(names[:limit])
     return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
 
+
 def _visible(entry) -> bool: return not entry.name.startswith('.')
 
+# %% ../nbs/03_data.ipynb #0e0387c8
 def class_folders(split_dir) -> list[str]:
     "The sorted class folder names of one split, hidden folders (names starting with '.') ignored; an error naming `split_dir` when there are none."
     d = Path(split_dir)
@@ -80,6 +84,7 @@ def class_folders(split_dir) -> list[str]:
         raise FileNotFoundError(f"{d} holds no class folders; put each class's images in a folder of its own, such as {d / 'n01440764'}.")
     return names
 
+# %% ../nbs/03_data.ipynb #1cb8e577
 def check_imagefolder(root) -> list[str]:
     "Check that `root` is an ImageFolder root with `train/` and `val/` holding the same class folders; return the sorted class names."
     root = Path(root).expanduser()
@@ -99,11 +104,15 @@ def check_imagefolder(root) -> list[str]:
 
 # %% ../nbs/03_data.ipynb #8aae2db4
 DECODE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)  # what PIL raises for unreadable files
+
+
 _IMG_EXT = tuple(e.lower() for e in IMG_EXTENSIONS)
+
 
 _MAGIC = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF8', b'BM', b'II*\x00', b'MM\x00*',  # JPEG, PNG, GIF, BMP, TIFF
           b'P1', b'P2', b'P3', b'P4', b'P5', b'P6')  # PBM, PGM, PPM
 
+# %% ../nbs/03_data.ipynb #e10fbabd
 def image_problem(path) -> Optional[str]:
     """Why `path` is not an image file, judged by its extension and its first bytes (a full decode comes only when it is
     loaded), or None when it looks like one. Reading 16 bytes costs a fraction of opening every file with PIL."""
@@ -116,6 +125,7 @@ def image_problem(path) -> Optional[str]:
     if head.startswith(_MAGIC) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'): return None
     return "is not an image (its first bytes match no image format)"
 
+# %% ../nbs/03_data.ipynb #c3cd8c98
 def scan_split(split_dir, classes: Sequence[str], skip_corrupt=False) -> tuple[list, list]:
     """The samples (path, class index) of one split, in sorted order, and the files skipped as unreadable.
     Hidden files and folders (names starting with '.') are ignored; any other file that is not a readable image is an error
@@ -143,11 +153,13 @@ def scan_split(split_dir, classes: Sequence[str], skip_corrupt=False) -> tuple[l
         log.warning(f"Skipped {len(skipped)} unreadable files under {split_dir} (skip_corrupt=True), e.g. {skipped[0]}.")
     return samples, skipped
 
+# %% ../nbs/03_data.ipynb #643bf9db
 def open_image(path, lazy_jpeg=False) -> Image.Image:
     "Open an image as RGB; with `lazy_jpeg` a JPEG is returned undecoded, so that a transform can decode it at reduced size (see `decode_rgb`)."
     img = Image.open(path)
     return img if lazy_jpeg and img.format == 'JPEG' else decode_rgb(img)[0]
 
+# %% ../nbs/03_data.ipynb #152f3258
 def decode_rgb(img: Image.Image, reduce: int = 1) -> tuple[Image.Image, float]:
     """Decode `img` as RGB and return it with the factor its size was divided by. A JPEG not yet decoded is decoded at
     1/`reduce` of its size (`reduce` in 1, 2, 4, 8) by libjpeg's DCT scaling (PIL draft mode), which skips most of the work."""
@@ -160,10 +172,12 @@ def decode_rgb(img: Image.Image, reduce: int = 1) -> tuple[Image.Image, float]:
     else: img.load()
     return img, factor
 
+# %% ../nbs/03_data.ipynb #18508825
 def _draft_reduce(shrink: float) -> int:
     "The largest JPEG draft reduction (1, 2, 4, 8) that keeps a region at least as large as its output when it is `shrink` times larger."
     return next((r for r in (8, 4, 2) if shrink >= r), 1)
 
+# %% ../nbs/03_data.ipynb #12a4ce49
 class CheckedImageFolder(ImageFolder):
     """torchvision's ImageFolder over one split with the checks this project needs: a fixed class list (the same for train
     and val), every file's header read while scanning, and unreadable images an error naming the file, or, with
@@ -197,8 +211,13 @@ class CheckedImageFolder(ImageFolder):
 
 # %% ../nbs/03_data.ipynb #d39f0a50
 SHAPES = ('disk', 'square', 'triangle', 'diamond', 'plus', 'star', 'ring', 'hexagon', 'crescent', 'bars')
+
+
 PATTERNS = ('solid', 'outline', 'striped', 'checkered', 'twotone')
+
+
 STYLES = PATTERNS + tuple(f'pair-{p}' for p in PATTERNS)
+
 
 def synthetic_classes(num_classes: int) -> list[str]:
     "Folder names of the synthetic classes: class c is shape c % 10 drawn in style c // 10 (so 10 classes are 10 solid shapes)."
@@ -206,12 +225,14 @@ def synthetic_classes(num_classes: int) -> list[str]:
         raise ValueError(f"num_classes={num_classes} is out of range for the synthetic dataset; pick 1 to {len(SHAPES) * len(STYLES)}.")
     return [f"{c:03d}_{SHAPES[c % len(SHAPES)]}_{STYLES[c // len(SHAPES)]}" for c in range(num_classes)]
 
+
 def _regular(n, r, cx, cy, rot, inner=None):
     "Corners of a regular n-gon (a star when `inner` gives the inner radius ratio)."
     k = 2 * n if inner else n
     return [(cx + (r if inner is None or i % 2 == 0 else r * inner) * math.cos(rot + 2 * math.pi * i / k),
              cy + (r if inner is None or i % 2 == 0 else r * inner) * math.sin(rot + 2 * math.pi * i / k)) for i in range(k)]
 
+# %% ../nbs/03_data.ipynb #88e33240
 def _shape_mask(shape, size, cx, cy, r, rot):
     "An 'L' mask of `shape` centred at (cx, cy) with radius r, rotated by rot radians."
     m = Image.new('L', size, 0); d = ImageDraw.Draw(m)
@@ -237,11 +258,14 @@ def _shape_mask(shape, size, cx, cy, r, rot):
         m = m.rotate(math.degrees(rot), resample=Image.Resampling.BILINEAR, center=(cx, cy))
     return m
 
+# %% ../nbs/03_data.ipynb #2bd0f90c
 def _hsv(h, s, v) -> tuple: return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
 
 def _background(rng) -> tuple:
     "A muted background colour (low saturation, any hue and brightness)."
     return _hsv(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.95))
+
 
 def _object_colors(rng, hue_index: int, n_hues: int, avoid_value: float) -> tuple:
     """Two saturated colours of the class's hue band (a second, darker or lighter one for patterns), their brightness away
@@ -250,6 +274,7 @@ def _object_colors(rng, hue_index: int, n_hues: int, avoid_value: float) -> tupl
     v = rng.uniform(0.55, 1.0) if avoid_value < 0.55 else rng.uniform(0.3, 0.75)
     return _hsv(h, rng.uniform(0.65, 1.0), v), _hsv(h, rng.uniform(0.3, 0.6), 1.25 - v)
 
+# %% ../nbs/03_data.ipynb #7727e9b1
 def _pattern(pattern, size, rng, a, b, period) -> Image.Image:
     "An RGB fill of colours a and b in `pattern` (solid, striped, checkered or twotone) at a random angle."
     if pattern in ('solid', 'outline'): return Image.new('RGB', size, a)
@@ -263,9 +288,13 @@ def _pattern(pattern, size, rng, a, b, period) -> Image.Image:
     else: raise ValueError(f"Unknown synthetic pattern {pattern!r}; pick one of {', '.join(PATTERNS)}.")
     return Image.fromarray(np.where(sel[..., None], np.uint8(a), np.uint8(b)))
 
+# %% ../nbs/03_data.ipynb #3c3b0910
 from statistics import NormalDist
+
+
 _GAUSS_256 = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], np.float32)  # standard normal quantiles
 
+# %% ../nbs/03_data.ipynb #01f36040
 def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0) -> Image.Image:
     "One synthetic RGB image (size is width, height) of class `class_index`: its shape and style on one or two large flat regions."
     W, H = size
@@ -303,6 +332,8 @@ def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), n
 
 # %% ../nbs/03_data.ipynb #4906a194
 SYNTHETIC_VERSION = 2  # bump when synthetic_image changes, so old caches are not reused
+
+
 SYNTHETIC_PRESETS = {
     # the demo: learnable by a tiny ViT in minutes on a CPU
     'demo': dict(num_classes=10, train_per_class=160, val_per_class=40, image_size=64, quality=90, noise=2.0, portrait=0.0),
@@ -310,8 +341,10 @@ SYNTHETIC_PRESETS = {
     'imagenet': dict(num_classes=100, train_per_class=26, val_per_class=6, image_size=(500, 375), quality=90, noise=16.0, portrait=0.25),
 }
 
+
 def _image_wh(image_size): return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
 
+# %% ../nbs/03_data.ipynb #75157e8b
 def _write_class(args):
     "Write the images of one class of one split (a process-pool task)."
     root, split, c, name, n, seed, image_size, quality, noise, portrait = args
@@ -322,6 +355,7 @@ def _write_class(args):
         size = (H, W) if rng.random() < portrait else (W, H)
         synthetic_image(c, rng, size, noise).save(d / f"{name}_{i:05d}.JPEG", quality=quality)
 
+# %% ../nbs/03_data.ipynb #457e93b7
 def write_synthetic(root, num_classes=10, train_per_class=160, val_per_class=40, image_size=64, seed=0,
                     quality=90, noise=2.0, portrait=0.0, workers=None) -> Path:
     "Write a synthetic ImageFolder (train/ and val/, JPEG) into the new folder `root`, deterministically from `seed`."
@@ -340,6 +374,7 @@ def write_synthetic(root, num_classes=10, train_per_class=160, val_per_class=40,
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1))
     return root
 
+# %% ../nbs/03_data.ipynb #89b89d2a
 def _synthetic_complete(root: Path) -> bool:
     "Whether `root` holds a finished synthetic dataset (its manifest and every file it promises)."
     try: m = json.loads((root / 'manifest.json').read_text())
@@ -348,6 +383,7 @@ def _synthetic_complete(root: Path) -> bool:
                for split in ('train', 'val') for c in m['classes'] if (root / split / c).is_dir()) and \
            all((root / split / c).is_dir() for split in ('train', 'val') for c in m['classes'])
 
+# %% ../nbs/03_data.ipynb #4bde5f00
 def synthetic_root(cache_dir=DEFAULT_CACHE_DIR, preset='demo', seed=0, **overrides) -> Path:
     """The folder of the synthetic dataset `preset` (with `overrides` of its settings), written on first use.
     Writing goes to a temporary folder renamed into place, so a crash never leaves a half-written dataset that is reused."""
@@ -381,6 +417,7 @@ def synthetic_root(cache_dir=DEFAULT_CACHE_DIR, preset='demo', seed=0, **overrid
 # %% ../nbs/03_data.ipynb #6f946626
 _BICUBIC = InterpolationMode.BICUBIC
 
+# %% ../nbs/03_data.ipynb #756dc3d2
 class RandomResizedCropDraft:
     """torchvision's RandomResizedCrop (its sampling of the crop box; a bicubic resize) that decodes a JPEG at 1/2, 1/4 or 1/8
     size (PIL draft) whenever the crop box still spans at least the output size in both directions at that scale."""
@@ -403,6 +440,7 @@ class RandomResizedCropDraft:
 
     def __repr__(self): return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}, draft={self.draft})"
 
+# %% ../nbs/03_data.ipynb #4988e079
 class ResizeDraft:
     "torchvision's Resize of the shorter side to `size` (bicubic) that decodes a JPEG at reduced size (PIL draft) when the result stays >= `size`."
     def __init__(self, size: int, interpolation=_BICUBIC, draft=True):
@@ -412,6 +450,7 @@ class ResizeDraft:
         return v2.functional.resize(img, [self.size], interpolation=self.interpolation)
     def __repr__(self): return f"{type(self).__name__}(size={self.size}, draft={self.draft})"
 
+# %% ../nbs/03_data.ipynb #2bcbae69
 class RandomGaussianBlur:
     "PIL's Gaussian blur with a radius drawn uniformly from `radius` (DeiT III's 3-Augment blur; torchvision's needs a kernel size and works on tensors)."
     def __init__(self, radius=(0.1, 2.0)): self.radius = tuple(radius)
@@ -419,6 +458,7 @@ class RandomGaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(torch.empty(1).uniform_(*self.radius).item()))
     def __repr__(self): return f"{type(self).__name__}(radius={self.radius})"
 
+# %% ../nbs/03_data.ipynb #454d780e
 class ToNormalizedTensor:
     "PIL RGB image -> normalized float32 tensor [3, H, W] in one pass: (x / 255 - mean) / std, as ToImage + ToDtype + Normalize."
     def __init__(self, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
@@ -430,10 +470,12 @@ class ToNormalizedTensor:
         return x.to(torch.float32, memory_format=torch.contiguous_format).mul_(self._scale).add_(self._shift)
     def __repr__(self): return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
 
+# %% ../nbs/03_data.ipynb #9b42e67f
 def three_augment_transform(solarize_threshold=128, blur_radius=(0.1, 2.0)):
     "DeiT III's 3-Augment: exactly one of grayscale, solarization, Gaussian blur, chosen uniformly."
     return v2.RandomChoice([v2.Grayscale(num_output_channels=3), v2.RandomSolarize(solarize_threshold, p=1.0), RandomGaussianBlur(blur_radius)])
 
+# %% ../nbs/03_data.ipynb #81c629c6
 def train_transform(img_size=224, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=0.5, three_augment=True,
                     color_jitter=0.3, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, draft=True, normalize=True):
     "The DeiT III train transform: RandomResizedCrop (bicubic), horizontal flip, 3-Augment, ColorJitter, to a normalized tensor."
@@ -444,6 +486,7 @@ def train_transform(img_size=224, crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 /
     steps.append(ToNormalizedTensor(mean, std) if normalize else v2.PILToTensor())
     return v2.Compose(steps)
 
+# %% ../nbs/03_data.ipynb #1f1b7447
 def val_transform(img_size=224, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, draft=True, normalize=True):
     "The evaluation transform: Resize the shorter side (bicubic) then CenterCrop, both to img_size (crop ratio 1.0), to a normalized tensor."
     return v2.Compose([ResizeDraft(img_size, draft=draft), v2.CenterCrop(img_size),
@@ -451,10 +494,15 @@ def val_transform(img_size=224, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT
 
 # %% ../nbs/03_data.ipynb #5f50a5a6
 FASHION_MNIST_DIR = Path('/usr/share/datasets/fashion-mnist')  # Debian's package dataset-fashion-mnist
+
+
 FASHION_MNIST_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+
+
 _FASHION_HOWTO = ("install Debian's package (apt-get install dataset-fashion-mnist), or set data_path to a folder holding "
                   "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
 
+# %% ../nbs/03_data.ipynb #b1fe7dd1
 def _idx_files(folder: Path) -> Optional[dict]:
     "The four Fashion-MNIST IDX files in `folder` (each gzipped or not, also in torchvision's FashionMNIST/raw/ layout), or None."
     for d in (folder, folder / 'FashionMNIST' / 'raw', folder / 'raw'):
@@ -465,6 +513,7 @@ def _idx_files(folder: Path) -> Optional[dict]:
         if len(found) == len(FASHION_MNIST_FILES): return found
     return None
 
+# %% ../nbs/03_data.ipynb #a20c35b0
 def _unpack_idx(files: dict, root: Path):
     "Copy the IDX files (gunzipping them) into root/FashionMNIST/raw/, written to a temporary folder renamed into place."
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -479,6 +528,7 @@ def _unpack_idx(files: dict, root: Path):
             if _idx_files(root) is None: raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
+# %% ../nbs/03_data.ipynb #14e8877a
 def fashion_mnist_root(data_path='', cache_dir=DEFAULT_CACHE_DIR, download=True) -> Path:
     """A torchvision FashionMNIST root (root/FashionMNIST/raw/ holding the four IDX files). The files come from `data_path`
     if given, else from Debian's /usr/share/datasets/fashion-mnist, else from torchvision's download; gzipped files are
@@ -508,6 +558,7 @@ def fashion_mnist_root(data_path='', cache_dir=DEFAULT_CACHE_DIR, download=True)
     if _idx_files(root) is None: _unpack_idx(files, root)
     return root
 
+# %% ../nbs/03_data.ipynb #8e5afceb
 def fashion_mnist(split='train', data_path='', cache_dir=DEFAULT_CACHE_DIR, transform=None) -> FashionMNIST:
     "Fashion-MNIST's `split` ('train': 60,000 images, 'val': the 10,000 test images) through torchvision's reader."
     if split not in ('train', 'val'): raise ValueError(f"Unknown split {split!r}; pick 'train' or 'val'.")
@@ -522,19 +573,23 @@ def probe_indices(n_images: int, probe_size=64, seed=0) -> torch.Tensor:
     key = lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
     return torch.tensor(sorted(sorted(range(n_images), key=key)[:probe_size]))
 
+# %% ../nbs/03_data.ipynb #a0b8c8bb
 def probe_set(val_set, probe_size=64, seed=0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "The probe batch: (images through `val_set`'s own transform, labels, indices into `val_set`)."
     idx = probe_indices(len(val_set), probe_size, seed)
     items = [val_set[i] for i in idx.tolist()]
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items]), idx
 
+
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'motorcycle', 'camera')
+
 
 def _photo_array(name):
     import skimage.data
     if name == 'motorcycle': return skimage.data.stereo_motorcycle()[0]
     if name not in PHOTOS and not hasattr(skimage.data, name): raise ValueError(f"Unknown photo {name!r}; pick from {', '.join(PHOTOS)}.")
     return getattr(skimage.data, name)()
+
 
 def photos(img_size=224, names=PHOTOS, normalize=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> tuple[torch.Tensor, list[str]]:
     "Real photographs shipped inside scikit-image (nothing is downloaded), through the validation transform: ([k, 3, S, S], names)."
@@ -548,6 +603,7 @@ class SmoothedTargets:
     def __call__(self, x, target): return x, mixup_target(target, self.num_classes, 1.0, self.smoothing)
     def __repr__(self): return f"{type(self).__name__}(num_classes={self.num_classes}, smoothing={self.smoothing})"
 
+# %% ../nbs/03_data.ipynb #57f515e1
 def build_mixup(num_classes: int, mixup_alpha=0.8, cutmix_alpha=1.0, mixup_switch_prob=0.5, mixup_mode='elem',
                 smoothing=0.1, mixup_prob=1.0):
     "timm's Mixup/CutMix with label smoothing, applied per batch as `x, soft_targets = mixup_fn(x, y)` (batch size even)."
@@ -572,12 +628,20 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(self.sampler)
     def __len__(self): return len(self.sampler)
 
+# %% ../nbs/03_data.ipynb #7b58c9e2
+def world() -> tuple[int, int]:
+    "(rank, world size) of this process; (0, 1) outside torch.distributed."
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def default_num_workers() -> int:
     "Loader processes per training process: the cores left after one for the training loop, at most 8 (and at least 1)."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return max(1, min(8, n // world - 1))
 
+# %% ../nbs/03_data.ipynb #02141788
 def build_loaders(train_set, val_set, batch_size=256, num_workers=None, seed=0, repeated_aug=False, num_repeats=3,
                   distributed=None, pin_memory=None, persistent_workers=True, prefetch_factor=2, val_batch_size=None):
     """Train and val DataLoaders. Train: shuffled by (seed, epoch), full batches only (drop_last), a DistributedSampler
@@ -607,23 +671,24 @@ def build_loaders(train_set, val_set, batch_size=256, num_workers=None, seed=0, 
     return train_loader, val_loader
 
 # %% ../nbs/03_data.ipynb #39105c6a
-DATASETS = ('synthetic', 'imagefolder', 'fashion-mnist')
-
 @dataclass
-class DataBundle:
-    "Everything the training loop needs from the data side."
-    train_loader: DataLoader  # normalized float32 [B, 3, S, S] and int64 labels [B]
-    val_loader: DataLoader
+class Data:
+    """What a run needs from the data side. The loss takes soft targets, made from a batch of class indices by
+    `mixup_fn` (Mixup/CutMix, or label smoothing alone; without one, label smoothing with the config's `smoothing`), or
+    by the train loader itself when it mixes on the device (`loader_mixes`, `vitartifacts.gpudata`)."""
+    train_loader: Iterable              # (images [B,3,S,S] normalized, class indices [B]); drop_last; sampler with set_epoch if sharded
+    val_loader: Iterable                # (images, class indices), each image once over all processes
     num_classes: int
-    classes: list
-    mixup_fn: Callable  # (x, y) -> (x, soft targets [B, num_classes]); Mixup/CutMix or smoothing alone
-    probe_images: torch.Tensor  # [P, 3, S, S] normalized, through the val transform; the same in every epoch and run
-    probe_labels: torch.Tensor  # [P]
-    probe_indices: torch.Tensor  # [P] indices into the val set
-    photos: torch.Tensor  # [k, 3, S, S] normalized real photographs (scikit-image)
-    photo_names: list
-    dataset: str = 'synthetic'
-    root: Optional[Path] = None  # the ImageFolder root (synthetic: the cached folder) or the FashionMNIST root
+    mixup_fn: Callable | None = None    # (images, class indices) -> (images, soft targets [B, classes]); None: label smoothing alone
+    probe_images: torch.Tensor | None = None   # [P, 3, S, S] normalized, through the val transform; the same in every epoch and run
+    probe_labels: torch.Tensor | None = None   # [P]
+    loader_mixes: bool = False          # the train loader yields (mixed images, soft targets [B, classes]) itself
+    classes: list | None = None         # class names
+    probe_indices: torch.Tensor | None = None  # [P] indices into the val set
+    photos: torch.Tensor | None = None  # [k, 3, S, S] normalized real photographs (scikit-image)
+    photo_names: list = field(default_factory=list)
+    dataset: str = ''                   # 'synthetic', 'imagefolder', 'fashion-mnist', or '' for another source
+    root: Path | None = None            # the ImageFolder root (synthetic: the cached folder) or the FashionMNIST root
     mean: tuple = IMAGENET_DEFAULT_MEAN
     std: tuple = IMAGENET_DEFAULT_STD
 
@@ -636,11 +701,18 @@ class DataBundle:
     @property
     def val_set(self): return self.val_loader.dataset
 
+# %% ../nbs/03_data.ipynb #d0a7a003
+def mixup_fn(cfg: Config, num_classes: int):
+    "timm's Mixup/CutMix with the config's settings; label smoothing alone when both are off."
+    return build_mixup(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_switch_prob, cfg.mixup_mode, cfg.smoothing)
+
+# %% ../nbs/03_data.ipynb #d0a7a006
 def _subset(ds, n, seed):
     "A seeded subset of n items (all when n is None or >= len)."
     if not n or n >= len(ds): return ds
     return Subset(ds, probe_indices(len(ds), n, seed).tolist())
 
+# %% ../nbs/03_data.ipynb #a2c56db6
 def resolve_dataset(dataset, data_path) -> str:
     "The dataset to use: as given, or 'synthetic' without a data_path and 'imagefolder' with one."
     if dataset in (None, '', 'auto'): return 'imagefolder' if data_path else 'synthetic'
@@ -651,47 +723,45 @@ def resolve_dataset(dataset, data_path) -> str:
         raise ValueError(f"dataset='synthetic' does not read data_path={str(data_path)!r}; use dataset='imagefolder' for that folder, or clear data_path.")
     return dataset
 
-def build_data(
-    dataset='',  # 'synthetic', 'imagefolder' or 'fashion-mnist'; '': imagefolder when data_path is set, else synthetic
-    data_path='',  # ImageFolder root with train/ and val/; for fashion-mnist a folder of the IDX files
-    cache_dir=DEFAULT_CACHE_DIR,  # where the synthetic dataset and unpacked Fashion-MNIST are written once
-    img_size=224,  # model resolution: train crops and val crops are img_size x img_size
-    batch_size=256,  # per process
-    num_workers=None,  # loader processes per training process; None: cores - 1, at most 8
-    seed=0,  # shuffling and augmentation seed (the data itself never depends on it)
-    mixup_alpha=0.8, cutmix_alpha=1.0, mixup_switch_prob=0.5, mixup_mode='elem',  # timm Mixup/CutMix; both alphas 0 turn it off
-    smoothing=0.1,  # label smoothing of the soft targets
-    color_jitter=0.3,  # brightness, contrast and saturation jitter (0 turns it off)
-    three_augment=True,  # DeiT III's 3-Augment: one of grayscale, solarize, blur per image
-    repeated_aug=False,  # timm's RepeatAugSampler (DeiT III's official command used it)
-    skip_corrupt=False,  # skip and count unreadable images instead of failing on the first
-    probe_size=64,  # images in the fixed probe set
-    distributed=None,  # split the data across processes; None: when torch.distributed is initialized
-    *,
-    crop_scale=(0.08, 1.0),  # RandomResizedCrop's area range
-    hflip=0.5,  # horizontal flip probability
-    num_repeats=3,  # repeats of each image with repeated_aug
-    probe_seed=0,  # which val images form the probe set (kept apart from `seed`, so runs share it)
-    photo_names=PHOTOS,  # scikit-image photographs to carry along; () for none
-    synthetic_preset='demo',  # 'demo' or 'imagenet' (see SYNTHETIC_PRESETS)
+# %% ../nbs/03_data.ipynb #d0a7a008
+def data_fn_data(cfg: Config) -> Data:
+    "The `Data` of `cfg.data_fn` ('module:function', called with the config)."
+    module, name = cfg.data_fn.split(':')
+    print(f"data_fn: importing {module} and calling {name}(cfg)", flush=True)   # code named by a config: say what runs
+    try: fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"Setting data_fn={cfg.data_fn!r} cannot be imported ({e}).") from None
+    data = fn(cfg)
+    if not isinstance(data, Data):
+        raise TypeError(f"Setting data_fn={cfg.data_fn!r} returned a {type(data).__name__}, not a vitartifacts.data.Data.")
+    return data
+
+# %% ../nbs/03_data.ipynb #d0a7a009
+def folder_data(
+    cfg: Config,                 # the data settings: dataset, data_path, cache_dir, img_size, batch_size, num_workers, seed, Mixup/CutMix, ...
+    distributed=None,            # split the data across processes; None: when torch.distributed is initialized
+    crop_scale=(0.08, 1.0),      # RandomResizedCrop's area range
+    hflip=0.5,                   # horizontal flip probability
+    num_repeats=3,               # repeats of each image with repeated_aug
+    probe_seed=0,                # which val images form the probe set (kept apart from `seed`, so runs share it)
+    photo_names=PHOTOS,          # scikit-image photographs to carry along; () for none
+    synthetic_preset='demo',     # 'demo' or 'imagenet' (see SYNTHETIC_PRESETS)
     synthetic_classes=None, synthetic_train_per_class=None, synthetic_val_per_class=None,  # override the preset's sizes
-    synthetic_image_size=None,  # the synthetic images' size; None: the preset's ('demo': img_size)
-    synthetic_seed=0,  # the seed the synthetic images are drawn from
+    synthetic_image_size=None,   # the synthetic images' size; None: the preset's ('demo': img_size)
+    synthetic_seed=0,            # the seed the synthetic images are drawn from
     train_subset=None, val_subset=None,  # use a seeded subset of this many images (None: all)
-    val_batch_size=None,  # None: batch_size
-    pin_memory=None,  # None: when CUDA is available
-    draft=True,  # decode JPEGs at reduced size where the crop allows (PIL draft)
-) -> DataBundle:
-    """Datasets, transforms, loaders, Mixup/CutMix and the probe images of a run. The arguments before `*` carry the names of
-    `Config`'s fields, so the training code calls `build_data(**data_kwargs(cfg))`."""
-    dataset = resolve_dataset(dataset, data_path)
+    val_batch_size=None,         # None: batch_size
+    pin_memory=None,             # None: when CUDA is available
+    draft=True,                  # decode JPEGs at reduced size where the crop allows (PIL draft)
+) -> Data:
+    "The PIL pipeline: an image folder, the synthetic set or Fashion-MNIST through per-image transforms and DataLoaders."
+    dataset, img_size = resolve_dataset(cfg.dataset, cfg.data_path), cfg.img_size
     if img_size < 8: raise ValueError(f"img_size={img_size} must be at least 8 pixels.")
-    check_mixup_batch(batch_size, mixup_alpha, cutmix_alpha)
-    tf_train = train_transform(img_size, crop_scale, hflip=hflip, three_augment=three_augment, color_jitter=color_jitter, draft=draft)
+    tf_train = train_transform(img_size, crop_scale, hflip=hflip, three_augment=cfg.three_augment,
+                               color_jitter=cfg.color_jitter, draft=draft)
     tf_val = val_transform(img_size, draft=draft)
-    root = None
     if dataset == 'fashion-mnist':
-        root = fashion_mnist_root(data_path, cache_dir)
+        root = fashion_mnist_root(cfg.data_path, cfg.cache_dir)
         train_set, val_set = FashionMNIST(root, train=True, transform=tf_train), FashionMNIST(root, train=False, transform=tf_val)
         classes = list(train_set.classes)
     else:
@@ -700,26 +770,29 @@ def build_data(
                              val_per_class=synthetic_val_per_class, image_size=synthetic_image_size)
             if synthetic_preset == 'demo' and synthetic_image_size is None: overrides['image_size'] = img_size  # images at model resolution
             ready = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-            if ready: root = synthetic_root(cache_dir, synthetic_preset, synthetic_seed, **overrides)
+            if ready: root = synthetic_root(cfg.cache_dir, synthetic_preset, synthetic_seed, **overrides)
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()  # rank 0 writes, the others then find it complete
-                if not ready: root = synthetic_root(cache_dir, synthetic_preset, synthetic_seed, **overrides)
+                if not ready: root = synthetic_root(cfg.cache_dir, synthetic_preset, synthetic_seed, **overrides)
         else:
-            root = Path(data_path).expanduser()
+            root = Path(cfg.data_path).expanduser()
         classes = check_imagefolder(root)
-        train_set = CheckedImageFolder(root / 'train', classes, tf_train, skip_corrupt, lazy_jpeg=draft)
-        val_set = CheckedImageFolder(root / 'val', classes, tf_val, skip_corrupt, lazy_jpeg=draft)
-    mixup_fn = build_mixup(len(classes), mixup_alpha, cutmix_alpha, mixup_switch_prob, mixup_mode, smoothing)
-    probe_images, probe_labels, probe_idx = probe_set(val_set, probe_size, probe_seed)
-    train_set, val_set = _subset(train_set, train_subset, seed), _subset(val_set, val_subset, seed)
-    train_loader, val_loader = build_loaders(train_set, val_set, batch_size, num_workers, seed, repeated_aug, num_repeats,
-                                             distributed, pin_memory, val_batch_size=val_batch_size)
+        train_set = CheckedImageFolder(root / 'train', classes, tf_train, cfg.skip_corrupt, lazy_jpeg=draft)
+        val_set = CheckedImageFolder(root / 'val', classes, tf_val, cfg.skip_corrupt, lazy_jpeg=draft)
+    probe_images, probe_labels, probe_idx = probe_set(val_set, cfg.probe_size, probe_seed)
+    train_set, val_set = _subset(train_set, train_subset, cfg.seed), _subset(val_set, val_subset, cfg.seed)
+    workers = None if cfg.num_workers == -1 else cfg.num_workers          # the config's automatic: build_loaders' own choice
+    train_loader, val_loader = build_loaders(train_set, val_set, cfg.batch_size, workers, cfg.seed, cfg.repeated_aug,
+                                             num_repeats, distributed, pin_memory, val_batch_size=val_batch_size)
     photo_images, names = photos(img_size, photo_names) if photo_names else (torch.empty(0, 3, img_size, img_size), [])
-    return DataBundle(train_loader, val_loader, len(classes), classes, mixup_fn, probe_images, probe_labels, probe_idx,
-                      photo_images, names, dataset, root)
+    return Data(train_loader, val_loader, len(classes), mixup_fn(cfg, len(classes)), probe_images, probe_labels,
+                classes=classes, probe_indices=probe_idx, photos=photo_images, photo_names=names, dataset=dataset, root=root)
 
-def data_kwargs(cfg) -> dict:
-    "The settings of `cfg` (a Config, or any object with attributes) that `build_data` takes, by name; the config's `num_workers=-1` (automatic) becomes `build_data`'s None."
-    kw = {k: getattr(cfg, k) for k in inspect.signature(build_data).parameters if hasattr(cfg, k)}
-    if kw.get('num_workers') == -1: kw['num_workers'] = None
-    return kw
+# %% ../nbs/03_data.ipynb #d0a7a010
+def build_data(cfg: Config, device: torch.device | None = None, **options) -> Data:
+    "The data of `cfg`: from `cfg.data_fn`, or the cache of `cfg.fast_data` on `device`, or the PIL pipeline (`folder_data`, given `options`)."
+    if cfg.data_fn: return data_fn_data(cfg)
+    if cfg.fast_data:
+        from vitartifacts.gpudata import cached_data   # gpudata builds on this module
+        return cached_data(cfg, device or torch.device('cpu'))
+    return folder_data(cfg, **options)

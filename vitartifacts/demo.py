@@ -21,7 +21,7 @@ def repo_root() -> Path:
                                 "of vitartifacts installed with `pip install -e .`.")
     return root
 
-
+# %% ../nbs/10_demo.ipynb #cbb4d199
 def train_variant(variant: str, runs_dir: Path, epochs: int | None = None, **parameters) -> Path:
     "Execute the papermill training notebook for `variant` into `runs_dir/demo-<variant>/`; return the run folder."
     import papermill as pm
@@ -36,7 +36,7 @@ def train_variant(variant: str, runs_dir: Path, epochs: int | None = None, **par
                         parameters=params, cwd=str(repo_root()), progress_bar=False, log_output=False)
     return run_dir
 
-
+# %% ../nbs/10_demo.ipynb #f9860bd5
 def run_demo(runs_dir='runs', variants=MODELS, epochs: int | None = None, report: str | None = None,
              **parameters) -> dict:
     "Train every variant on the embedded dataset, then write the report; return where everything is."
@@ -51,7 +51,7 @@ def run_demo(runs_dir='runs', variants=MODELS, epochs: int | None = None, report
     out = report_command([str(r) for r in run_dirs], str(report or runs_dir / 'demo-report.html'))
     return dict(runs=run_dirs, report=Path(out))
 
-
+# %% ../nbs/10_demo.ipynb #ecdc9253
 def main(argv=None):
     "`python -m vitartifacts.demo`: what `make demo` runs."
     ap = argparse.ArgumentParser(prog='python -m vitartifacts.demo', description=run_demo.__doc__)

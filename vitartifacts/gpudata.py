@@ -14,24 +14,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from PIL import Image, ImageFilter
+from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import mixup_target
 
-from .config import DATA_CACHES, check_mixup_batch
-from .data import DECODE_ERRORS, class_folders, scan_split, train_transform
+from .config import Config, DATA_CACHES, check_mixup_batch
+from .data import (DECODE_ERRORS, Data, class_folders, mixup_fn, probe_indices, scan_split, train_transform,
+                               world)
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'GATHER_THREADS', 'fit_to_slot', 'to_device', 'ImageCache', 'cache_on_gpu', 'cache_device',
            'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps', 'resized_crop_batch',
            'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment',
            'norm_constants', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader',
-           'pil_reference_transform']
+           'cached_data', 'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
 CACHE_VERSION = 1
 
-
+# %% ../nbs/03a_gpudata.ipynb #9188fc49
 def fit_to_slot(img: Image.Image, short_side: int = 256, long_side: int = 320) -> tuple[np.ndarray, int, bool]:
     "The image as a uint8 slot `[3, short_side, long_side]` (landscape, edge-padded), its content width and whether it was transposed."
     img = img.convert('RGB')
@@ -55,14 +56,17 @@ def to_device(a, device) -> Tensor:
 
 
 GATHER_THREADS = min(8, os.cpu_count() or 1)
+
+
 _GATHER = {}   # process id -> the thread pool that gathers batches from a memory-mapped cache (a forked child makes its own)
+
 
 def _gather_pool() -> ThreadPoolExecutor:
     pid = os.getpid()
     if pid not in _GATHER: _GATHER[pid] = ThreadPoolExecutor(GATHER_THREADS, thread_name_prefix='vitartifacts-gather')
     return _GATHER[pid]
 
-
+# %% ../nbs/03a_gpudata.ipynb #acd42b16
 @dataclass
 class ImageCache:
     "Decoded images in landscape uint8 slots, with their labels, content widths and orientation."
@@ -143,13 +147,12 @@ def cache_on_gpu(nbytes: int, free_bytes: int, choice: str = 'auto', share: floa
                          f"{free_bytes / 2**30:.1f} GiB are free; use data_cache='host' (or 'auto').")
     return choice == 'gpu' or (choice == 'auto' and nbytes <= share * free_bytes)
 
-
+# %% ../nbs/03a_gpudata.ipynb #63c1d16c
 def cache_device(nbytes: int, device, choice: str = 'auto') -> torch.device | None:
     "The device to copy a cache of `nbytes` to for training on `device` (`cache_on_gpu`), or None: keep it memory-mapped on the host."
     device = torch.device(device)
     if device.type != 'cuda': return None   # the CPU (and MPS) reads the memory map directly
     return device if cache_on_gpu(nbytes, torch.cuda.mem_get_info(device)[0], choice) else None
-
 
 # %% ../nbs/03a_gpudata.ipynb #dedc88da
 def _decode(args) -> tuple[np.ndarray, int, bool] | None:
@@ -160,7 +163,7 @@ def _decode(args) -> tuple[np.ndarray, int, bool] | None:
         if skip_corrupt: return None
         raise ValueError(f"Cannot decode image {path} ({e}); remove it or pass skip_corrupt=True.") from None
 
-
+# %% ../nbs/03a_gpudata.ipynb #9e331edd
 def _image_folder(root: Path, classes: Sequence[str] | None, skip_corrupt: bool):
     """The samples (path, label) of the ImageFolder split `root`, its classes and the files skipped as unreadable, found as
     the PIL path finds them (`data.class_folders`, `data.scan_split`). Labels index `classes` when given (the training
@@ -174,7 +177,7 @@ def _image_folder(root: Path, classes: Sequence[str] | None, skip_corrupt: bool)
     label = [classes.index(c) for c in found]
     return [(path, label[i]) for path, i in samples], classes, skipped
 
-
+# %% ../nbs/03a_gpudata.ipynb #e7c1bb55
 def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None, classes: Sequence[str] | None = None,
                   num_workers: int | None = None, overwrite: bool = False, skip_corrupt: bool = False) -> Path:
     "Decode the ImageFolder `root` once into a uint8 cache folder `out`; returns `out`."
@@ -216,7 +219,7 @@ def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
-
+# %% ../nbs/03a_gpudata.ipynb #23ad193e
 def _keep_rows(path: Path, n: int):
     """Keep the first `n` rows of the .npy array at `path` in place, without copying: rewrite the shape in its header
     (numpy pads a header so that the first axis can change length in place) and cut the file after row `n`."""
@@ -232,14 +235,14 @@ def _keep_rows(path: Path, n: int):
         if f.tell() != offset or fortran_order: raise RuntimeError(f"Cannot shorten {path} in place; rebuild the cache.")
         f.truncate(offset + n * math.prod(shape[1:]) * dtype.itemsize)
 
-
+# %% ../nbs/03a_gpudata.ipynb #1916ccbd
 class _Inline:
     "A stand-in for a process pool that maps in this process."
     def __enter__(self): return self
     def __exit__(self, *exc): return False
     def map(self, fn, it, chunksize=1): return map(fn, it)
 
-
+# %% ../nbs/03a_gpudata.ipynb #27b2cfb9
 def prepare_data_command(root, out, img_size: int = 224, num_workers: int | None = None, overwrite: bool = False,
                          skip_corrupt: bool = False) -> Path:
     "`vitartifacts prepare-data ROOT --out CACHE`: cache `ROOT/train` and `ROOT/val` (short side 256/224 of `img_size`)."
@@ -252,12 +255,6 @@ def prepare_data_command(root, out, img_size: int = 224, num_workers: int | None
     if (root / 'val').is_dir():
         prepare_cache(root / 'val', out / 'val', classes=ImageCache.load(out / 'train').classes, **kw)
     return out
-
-# %% ../nbs/03a_gpudata.ipynb #e9691aeb
-def _smooth_image(rng: np.random.Generator, h: int, w: int) -> Image.Image:
-    "A random smooth RGB image (a test picture with structure at several scales, not noise)."
-    small = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((w, h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
 
 # %% ../nbs/03a_gpudata.ipynb #fa57c845
 def rrc_params(rng, heights, widths, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10) -> np.ndarray:
@@ -285,7 +282,7 @@ def _bicubic(x: Tensor, a: float = -0.5) -> Tensor:
     return torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
                        torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, torch.zeros_like(x)))
 
-
+# %% ../nbs/03a_gpudata.ipynb #8762ef56
 def resample_taps(start: Tensor, length: Tensor, in_size: int, out_size: int, flip: Tensor | None = None) -> tuple[Tensor, Tensor]:
     "Per-sample taps (index, weight) `[B, out_size, K]` resampling `[start, start + length)` of an axis of `in_size` pixels to `out_size`."
     dev = start.device
@@ -305,14 +302,14 @@ def resample_taps(start: Tensor, length: Tensor, in_size: int, out_size: int, fl
         weight, index = torch.where(f, weight.flip(1), weight), torch.where(f, index.flip(1), index)
     return index, weight
 
-
+# %% ../nbs/03a_gpudata.ipynb #ec079a01
 def _resample_rows(table: Tensor, index: Tensor, weight: Tensor, rows_per_sample: int) -> Tensor:
     "Weighted sums of rows: `table` [B * rows_per_sample, D], taps [B, O, K] -> [B * O, D]."
     B, O, K = index.shape
     offset = torch.arange(B, device=index.device).view(B, 1, 1) * rows_per_sample
     return F.embedding_bag((index + offset).view(B * O, K), table, per_sample_weights=weight.reshape(B * O, K).to(table.dtype), mode='sum')
 
-
+# %% ../nbs/03a_gpudata.ipynb #6ec43b84
 def resized_crop_batch(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None,
                        transposed: Tensor | None = None, method: str = 'bag', dtype=torch.float32) -> Tensor:
     """Crop `boxes` (i, j, h, w, in the slot's orientation) out of uint8 `images` [B, 3, H, W] and resize each to
@@ -361,7 +358,7 @@ def solarize_batch(x: Tensor, mask: Tensor | None = None, threshold: float = 127
     hit = x >= threshold
     return torch.where(hit if mask is None else hit & mask.view(-1, 1, 1, 1), 1 - x, x)
 
-
+# %% ../nbs/03a_gpudata.ipynb #deec99bf
 def gaussian_blur_batch(x: Tensor, sigma: Tensor, kernel_size: int = 13) -> Tensor:
     "Each image blurred with its own `sigma` [B], as torchvision's `gaussian_blur` (reflect padding): one grouped conv per axis."
     B, C, H, W = x.shape
@@ -374,7 +371,7 @@ def gaussian_blur_batch(x: Tensor, sigma: Tensor, kernel_size: int = 13) -> Tens
     y = F.conv2d(y, k.view(B * C, 1, kernel_size, 1), groups=B * C)
     return F.conv2d(y, k.view(B * C, 1, 1, kernel_size), groups=B * C).view(B, C, H, W)
 
-
+# %% ../nbs/03a_gpudata.ipynb #d732d30e
 def color_jitter_batch(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
     """Brightness, contrast and saturation with per-sample `factors` [B, 3] in a per-sample `order` [B, 3] (a permutation
     of 0 brightness, 1 contrast, 2 saturation); each is torchvision's blend toward black, the mean gray, or the gray image."""
@@ -392,7 +389,7 @@ def color_jitter_batch(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
 def _to(params: dict, device) -> dict:
     return {k: to_device(v, device) for k, v in params.items()}
 
-
+# %% ../nbs/03a_gpudata.ipynb #92aa3285
 class BatchAugment:
     "DeiT III's training augmentation for a whole batch of cached uint8 images at once, on their device."
     def __init__(self,
@@ -450,7 +447,7 @@ class BatchAugment:
         short = images.shape[2]
         return self.apply(images, transposed, self.sample(rng, np.where(t, w, short), np.where(t, short, w)))
 
-
+# %% ../nbs/03a_gpudata.ipynb #c564849e
 def _jitter_normalize(x: Tensor, factors: Tensor | None, order: Tensor | None, shift: Tensor, scale: Tensor, out_dtype) -> Tensor:
     "Colour jitter (when `factors` is given), normalization (`norm_constants`) and the output dtype: the elementwise tail of `BatchAugment`."
     if factors is not None: x = color_jitter_batch(x, factors, order)
@@ -469,7 +466,7 @@ def normalize(x: Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -
     shift, scale = norm_constants(mean, std, x)
     return torch.addcmul(shift, x, scale)
 
-
+# %% ../nbs/03a_gpudata.ipynb #a04e5ee0
 def center_crop_batch(images: Tensor, widths: Tensor, transposed: Tensor, img_size: int = 224,
                       mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, out_dtype=torch.float32, method: str = 'bag') -> Tensor:
     "Evaluation: the central square of each image resized to `img_size` (Resize + CenterCrop at crop ratio 1), normalized."
@@ -510,7 +507,7 @@ def _mix_pixels(x: Tensor, lam: Tensor, use_cutmix: Tensor, box: Tensor) -> Tens
     weight = torch.where(use_cutmix.view(B, 1, 1, 1), (~inside).to(x.dtype), lam.to(x.dtype).view(B, 1, 1, 1))
     return torch.lerp(x.flip(0), x, weight)
 
-
+# %% ../nbs/03a_gpudata.ipynb #a5a6ce6f
 class BatchMixup:
     "timm's Mixup/CutMix with per-sample lambdas and boxes applied to the whole batch at once."
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0, switch_prob: float = 0.5,
@@ -668,6 +665,33 @@ class CachedLoader:
             ahead = make(self.step) if self.prefetch and self.step < n else None   # queued before this step's work
             yield out
         self.epoch, self.step = epoch + 1, 0
+
+# %% ../nbs/03a_gpudata.ipynb #9a7c0002
+def cached_data(cfg: Config, device: torch.device) -> Data:
+    "The fast pipeline: the uint8 cache at `cfg.data_path` (train/, val/), augmented and mixed a batch at a time on `device`."
+    root, (rank, size) = Path(cfg.data_path).expanduser(), world()
+    train_cache, val_cache = ImageCache.load(root / 'train'), ImageCache.load(root / 'val')   # memory-mapped
+    on_device = cache_device(train_cache.images.nbytes + val_cache.images.nbytes, device, cfg.data_cache)
+    if on_device is not None: train_cache, val_cache = train_cache.to(on_device), val_cache.to(on_device)
+    num_classes = len(train_cache.classes)
+    cuda = device.type == 'cuda'
+    out_dtype = torch.bfloat16 if cuda and cfg.precision == 'bf16' else torch.float32   # what autocast would cast to anyway
+    kernel = dict(method='bag' if cfg.augment_kernel == 'bag' else 'matmul',
+                  resample_dtype=torch.float16 if cfg.augment_kernel == 'matmul-fp16' else torch.float32)
+    augment = BatchAugment(img_size=cfg.img_size, three_augment=cfg.three_augment, color_jitter=cfg.color_jitter,
+                             out_dtype=out_dtype, compile=cfg.compile and cuda, **kernel)
+    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0   # the loader mixes on the device; else label smoothing alone
+    mixup = BatchMixup(cfg.mixup_alpha, cfg.cutmix_alpha, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                         label_smoothing=cfg.smoothing, num_classes=num_classes, compile=cfg.compile and cuda) \
+        if mixing else None
+    common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed, out_dtype=out_dtype)
+    train_loader = CachedLoader(train_cache, cfg.batch_size, augment=augment, mixup=mixup, **common)
+    val_loader = CachedLoader(val_cache, cfg.batch_size, shuffle=False, drop_last=False, **common)
+    idx = probe_indices(len(val_cache), min(cfg.probe_size, len(val_cache))).numpy()  # the PIL path's probe set: same in every run
+    images, widths, transposed = val_cache.batch(idx, device)
+    probe_images = center_crop_batch(images, widths, transposed, cfg.img_size)
+    return Data(train_loader, val_loader, num_classes, None if mixing else mixup_fn(cfg, num_classes), probe_images,
+                val_cache.labels[idx], loader_mixes=mixing)
 
 # %% ../nbs/03a_gpudata.ipynb #89968537
 def pil_reference_transform(img_size: int = 224, color_jitter: float = 0.3):

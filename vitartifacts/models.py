@@ -4,6 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #5e1c1ca0
 from __future__ import annotations
+import math
 from pathlib import Path
 
 import torch
@@ -14,9 +15,11 @@ import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from .config import MODELS, GATES, PATCH_EMBEDS   # the settings' choices, defined once
+
 # %% auto #0
-__all__ = ['SIZES', 'VARIANTS', 'GATES', 'MAX_REGISTERS', 'PATCH_EMBEDS', 'HeadwiseGate', 'GatedAttention',
-           'HeadwiseGatedAttention', 'LinearPatchEmbed', 'create_model', 'load_weights']
+__all__ = ['SIZES', 'MAX_REGISTERS', 'HeadwiseGate', 'GatedAttention', 'HeadwiseGatedAttention', 'LinearPatchEmbed',
+           'create_model', 'read_state_dict', 'load_weights', 'infer_model_args', 'build_probe_model']
 
 # %% ../nbs/01_models.ipynb #dae9d5d0
 SIZES = {
@@ -24,8 +27,6 @@ SIZES = {
     'small': dict(embed_dim=384, depth=12, num_heads=6),
     'base':  dict(embed_dim=768, depth=12, num_heads=12),
 }
-VARIANTS = ('vanilla', 'register', 'gated')
-GATES = ('elementwise', 'headwise')
 MAX_REGISTERS = 16
 
 # %% ../nbs/01_models.ipynb #d2c787d5
@@ -39,7 +40,7 @@ class HeadwiseGate(nn.Module):
     def forward(self, x):
         return self.proj(x).repeat_interleave(self.head_dim, dim=-1)  # B, N, H -> B, N, H*D
 
-
+# %% ../nbs/01_models.ipynb #8a1475ae
 class GatedAttention(Attention):
     "timm `Attention` with the sigmoid output gate of Qiu et al. (2025), elementwise or headwise."
     def __init__(self, dim: int, num_heads: int = 8, gate: str = 'elementwise', qkv_bias: bool = False, **kwargs):
@@ -51,15 +52,13 @@ class GatedAttention(Attention):
             raise ValueError(f"gate={gate!r} is not a gate; choose one of {', '.join(GATES)}.")
         self.gate_kind = gate
 
-
+# %% ../nbs/01_models.ipynb #7f5bfac1
 class HeadwiseGatedAttention(GatedAttention):
     "`GatedAttention` with one gate per head and token (timm's `attn_layer` must be a class)."
     def __init__(self, dim: int, num_heads: int = 8, **kwargs):
         super().__init__(dim, num_heads=num_heads, gate='headwise', **kwargs)
 
 # %% ../nbs/01_models.ipynb #74efe19b
-PATCH_EMBEDS = ('conv', 'linear')
-
 class LinearPatchEmbed(PatchEmbed):
     "timm's `PatchEmbed` computed as patches times the flattened kernel (one GEMM) instead of a strided convolution."
     def forward(self, x):
@@ -76,8 +75,8 @@ class LinearPatchEmbed(PatchEmbed):
 # %% ../nbs/01_models.ipynb #02d5caa2
 def _check_args(variant, size, n_registers, gate, img_size, patch_size):
     "Raise one clear error for the first bad argument."
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not a model variant; choose one of {', '.join(VARIANTS)}.")
+    if variant not in MODELS:
+        raise ValueError(f"variant={variant!r} is not a model variant; choose one of {', '.join(MODELS)}.")
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not a model size; choose one of {', '.join(SIZES)}.")
     if not (isinstance(n_registers, int) and 0 <= n_registers <= MAX_REGISTERS):
@@ -88,7 +87,7 @@ def _check_args(variant, size, n_registers, gate, img_size, patch_size):
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; "
                          f"pick an img_size that is a multiple of {patch_size}.")
 
-
+# %% ../nbs/01_models.ipynb #cf1978e5
 def create_model(
     variant: str = 'vanilla',      # 'vanilla', 'register' or 'gated'
     size: str = 'small',           # 'tiny' (CPU), 'small' (ViT-S) or 'base' (ViT-B)
@@ -131,7 +130,7 @@ def _entrypoint(name, **fixed):
     fn.__doc__ = f"vitartifacts model {name}: create_model({', '.join(f'{k}={v!r}' for k, v in fixed.items())})."
     return fn
 
-
+# %% ../nbs/01_models.ipynb #1f87439b
 def _model_names():
     "Every registered name with the create_model arguments it fixes."
     for size in SIZES:
@@ -141,12 +140,12 @@ def _model_names():
         yield f'vitartifacts_{size}_gated', dict(variant='gated', size=size)
         yield f'vitartifacts_{size}_gated_headwise', dict(variant='gated', size=size, gate='headwise')
 
-
+# %% ../nbs/01_models.ipynb #e248cd2b
 for _name, _fixed in _model_names():
     if not timm.is_model(_name): register_model(_entrypoint(_name, **_fixed))
 
 # %% ../nbs/01_models.ipynb #fa564a45
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
     "A flat name -> tensor dict from a safetensors file or a torch checkpoint."
     if not path.exists(): raise FileNotFoundError(f"Weights file {path} does not exist.")
     try:
@@ -162,11 +161,11 @@ def _read_state_dict(path: Path) -> dict:
         raise ValueError(f"Weights file {path} holds no state dict of tensors.")
     return {k.removeprefix('module.'): v for k, v in sd.items()}
 
-
+# %% ../nbs/01_models.ipynb #07d458de
 def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     "Load the weights at `path` into `model`; report keys that do not fit by name."
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     if isinstance(model, VisionTransformer):
         sd = checkpoint_filter_fn(sd, model)
     own = model.state_dict()
@@ -180,3 +179,45 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
                          "(pass strict=False to load the rest).")
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in mismatched}, strict=False)
     return report
+
+# %% ../nbs/01_models.ipynb #b7c1d002
+def infer_model_args(state_dict: dict) -> dict:
+    "create_model arguments (variant, size, n_registers, gate, patch_size, img_size, num_classes) read off one of our state dicts."
+    sd = state_dict
+    if 'patch_embed.proj.weight' not in sd or 'cls_token' not in sd:
+        raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or cls_token); pass model= a timm model name.")
+    dim, patch = sd['patch_embed.proj.weight'].shape[0], sd['patch_embed.proj.weight'].shape[-1]
+    n_pos = sd['pos_embed'].shape[1]
+    if math.isqrt(n_pos) ** 2 != n_pos:
+        raise ValueError(f"the weights' position embedding has {n_pos} entries, not a square grid of patches (a ViT that embeds "
+                         "the CLS position, like timm's original ViT or DINOv2?); pass model= its timm model name.")
+    depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
+    size = next((s for s, a in SIZES.items() if a['embed_dim'] == dim and a['depth'] == depth), None)
+    if size is None: raise ValueError(f"the weights have width {dim} and depth {depth}, which is none of the sizes {', '.join(SIZES)}; pass model= a timm model name.")
+    args = dict(size=size, patch_size=int(patch), img_size=math.isqrt(n_pos) * int(patch),
+                num_classes=int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0)
+    if any(k.endswith('attn.gate.proj.weight') for k in sd): args.update(variant='gated', gate='headwise')
+    elif any(k.endswith('attn.gate.weight') for k in sd): args.update(variant='gated', gate='elementwise')
+    elif 'reg_token' in sd: args.update(variant='register', n_registers=int(sd['reg_token'].shape[1]))
+    else: args.update(variant='vanilla')
+    return args
+
+# %% ../nbs/01_models.ipynb #b7c1d004
+def build_probe_model(weights: Path | str, model: str | None = None, **model_args) -> tuple[nn.Module, dict]:
+    "The model for a weights file: ours (arguments read from the file, `model_args` override) or timm's `model`; with its info."
+    weights = Path(weights)
+    sd = read_state_dict(weights)
+    if model is None or model in MODELS:
+        info = infer_model_args(sd)
+        if model is not None and model != info['variant']:
+            raise ValueError(f"model={model!r} does not match {weights}, which holds a {info['variant']} model.")
+        info.update({k: v for k, v in model_args.items() if v is not None})
+        net = create_model(**{k: v for k, v in info.items()}, drop_path_rate=0.0)
+    else:
+        if not timm.is_model(model): raise ValueError(f"model={model!r} is neither a variant ({', '.join(MODELS)}) nor a timm model name.")
+        kw = {k: v for k, v in model_args.items() if v is not None and k in ('img_size', 'num_classes')}
+        if 'num_classes' not in kw: kw['num_classes'] = int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0
+        net = timm.create_model(model, pretrained=False, **kw)
+        info = dict(timm_name=model, **kw)
+    load_weights(net, weights)
+    return net.eval(), info

@@ -37,7 +37,7 @@ def _trust_ratios(w_norms: list[Tensor], u_norms: list[Tensor], scale) -> list[T
     w, u = torch.stack(w_norms), torch.stack(u_norms)
     return list((torch.where((w > 0) & (u > 0), w / u, torch.ones_like(w)) * scale).unbind(0))
 
-
+# %% ../nbs/04_optim.ipynb #83a90c27
 def lamb_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                 clip: Tensor | None, *, lr: float | Tensor, beta1: float, beta2: float, bias_correction1: float | Tensor,
                 bias_correction2: float | Tensor, eps: float, weight_decay: float, trust_ratio: bool):

@@ -39,7 +39,7 @@ class TokenLayout:
     def from_dict(cls, d: dict) -> 'TokenLayout':
         return cls(d['n_tokens'], d['cls_index'], list(d['register_indices']), tuple(d['grid']))
 
-
+# %% ../nbs/02_probe.ipynb #62029545
 def token_layout(model: VisionTransformer, img_hw: tuple[int, int]) -> TokenLayout:
     "The token layout of `model` for images of height and width `img_hw`."
     ph, pw = model.patch_embed.patch_size
@@ -64,7 +64,7 @@ class MassiveActivations:
         "Largest |activation| over the median, per layer."
         return self.values[:, 0] / self.median.clamp_min(1e-12)
 
-
+# %% ../nbs/02_probe.ipynb #93bd9763
 @dataclass
 class ProbeResult:
     "What one probe pass measured on a batch of B images with T tokens in a model of `depth` blocks and H heads."
@@ -88,7 +88,7 @@ def _attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
     q, k = attn.q_norm(q.float()), attn.k_norm(k.float())
     return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # B, H, N, N
 
-
+# %% ../nbs/02_probe.ipynb #e9e344fd
 def _massive(hidden: list[torch.Tensor], k: int = 3) -> MassiveActivations:
     "Top-k |activation| per layer with their feature dims and tokens, and the median |activation|."
     vals, dims, toks, meds = [], [], [], []
@@ -100,7 +100,7 @@ def _massive(hidden: list[torch.Tensor], k: int = 3) -> MassiveActivations:
         meds.append(a.flatten().median())
     return MassiveActivations(torch.stack(vals), torch.stack(dims), torch.stack(toks), torch.stack(meds))
 
-
+# %% ../nbs/02_probe.ipynb #b7a2ab7b
 def _check_probeable(model):
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"probe needs a timm VisionTransformer, got {type(model).__name__}.")
@@ -109,7 +109,7 @@ def _check_probeable(model):
             raise TypeError(f"block {i} has no timm-style attention with a fused qkv projection "
                             f"({type(getattr(blk, 'attn', None)).__name__}); probe cannot recompute its attention.")
 
-
+# %% ../nbs/02_probe.ipynb #e99c9dba
 @torch.no_grad()
 def probe(
     model: VisionTransformer,    # a timm VisionTransformer (ours or plain timm)

@@ -12,21 +12,17 @@ import torch
 from torch import nn
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .config import atomic_write
+from .runs import atomic_write, atomic_write_json
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 
 # %% auto #0
-__all__ = ['atomic_write_json', 'encode_attention', 'decode_attention', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes',
+__all__ = ['encode_attention', 'decode_attention', 'as_numpy', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes',
            'store_attn_dtype']
-
-# %% ../nbs/06_store.ipynb #e457496d
-def atomic_write_json(path: Path | str, obj) -> Path:
-    "Write `obj` as JSON to `path` atomically."
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 # %% ../nbs/06_store.ipynb #4905c9e5
 _LOG8_RANGE = 16.0   # log8: 0 means below 2**-16; 1..255 cover 2**-16 .. 1 on a log2 scale
 
+# %% ../nbs/06_store.ipynb #f68c70cf
 def encode_attention(a: np.ndarray, dtype: str = 'float16') -> np.ndarray:
     "Attention probabilities in [0, 1] as stored: float16, float32 or one byte on a log2 scale ('log8')."
     a = np.asarray(a, dtype=np.float32)
@@ -36,28 +32,28 @@ def encode_attention(a: np.ndarray, dtype: str = 'float16') -> np.ndarray:
         q = 1 + np.rint((np.log2(np.clip(a, 2**-_LOG8_RANGE, 1)) + _LOG8_RANGE) * (254 / _LOG8_RANGE))
     return np.where(a < 2**-_LOG8_RANGE, 0, q).astype(np.uint8)
 
-
+# %% ../nbs/06_store.ipynb #f398dd7d
 def decode_attention(q: np.ndarray) -> np.ndarray:
     "Stored attention back to float32 probabilities."
     if q.dtype != np.uint8: return q.astype(np.float32)
     return np.where(q == 0, 0, np.exp2((q.astype(np.float32) - 1) * (_LOG8_RANGE / 254) - _LOG8_RANGE)).astype(np.float32)
 
 # %% ../nbs/06_store.ipynb #c291697d
-def _np(t) -> np.ndarray:
+def as_numpy(t) -> np.ndarray:
     if isinstance(t, torch.Tensor): return t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
     return np.asarray(t)
 
-
+# %% ../nbs/06_store.ipynb #6f08285e
 def images_to_uint8(images, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.ndarray:
     "Probe images as uint8 [K, H, W, 3]: a normalized float [K, 3, H, W] batch is un-normalized with `mean` and `std`."
-    x = _np(images)
+    x = as_numpy(images)
     if x.ndim != 4: raise ValueError(f"images must be a [K, 3, H, W] or [K, H, W, 3] batch, got shape {x.shape}.")
     if x.dtype == np.uint8: return x if x.shape[-1] == 3 else x.transpose(0, 2, 3, 1)
     if x.shape[1] != 3: raise ValueError(f"float images must be [K, 3, H, W] and normalized, got shape {x.shape}.")
     x = x * np.asarray(std, np.float32)[:, None, None] + np.asarray(mean, np.float32)[:, None, None]
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
-
+# %% ../nbs/06_store.ipynb #3e9e4c39
 def _state_dict(weights) -> dict:
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     if not isinstance(sd, dict): raise ValueError(f"weights must be a model or a state dict, got {type(weights).__name__}.")
@@ -116,14 +112,14 @@ def _epoch_arrays(epoch: int, r: ProbeResult, attn_dtype: str) -> dict:
     m = r.massive
     return dict(
         epoch=np.int64(epoch), time=np.float64(time.time()), layout=np.array(json.dumps(r.layout.to_dict())),
-        norms=_np(r.norms).astype(np.float16),                              # depth+1, K, T
-        attn_prefix=encode_attention(_np(r.attn_prefix), attn_dtype),       # depth, K, H, P, T
-        attn_received=encode_attention(_np(r.attn_received), attn_dtype),   # depth, K, H, T
-        massive_values=_np(m.values).astype(np.float32), massive_dims=_np(m.dims).astype(np.int32),
-        massive_tokens=_np(m.tokens).astype(np.int32), massive_median=_np(m.median).astype(np.float32),
-        logits=_np(r.logits).astype(np.float16))
+        norms=as_numpy(r.norms).astype(np.float16),                              # depth+1, K, T
+        attn_prefix=encode_attention(as_numpy(r.attn_prefix), attn_dtype),       # depth, K, H, P, T
+        attn_received=encode_attention(as_numpy(r.attn_received), attn_dtype),   # depth, K, H, T
+        massive_values=as_numpy(m.values).astype(np.float32), massive_dims=as_numpy(m.dims).astype(np.int32),
+        massive_tokens=as_numpy(m.tokens).astype(np.int32), massive_median=as_numpy(m.median).astype(np.float32),
+        logits=as_numpy(r.logits).astype(np.float16))
 
-
+# %% ../nbs/06_store.ipynb #afd0f59e
 @torch.no_grad()
 def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labels=None, weights=None,
             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, model_info: dict | None = None) -> Path:
@@ -153,8 +149,8 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
         stored = {}
         if images is not None:
             stored['images'] = images_to_uint8(images, mean, std)
-            if _np(images).dtype != np.uint8: stored['images_normalized'] = _np(images).astype(np.float16)
-        if labels is not None: stored['labels'] = _np(labels).astype(np.int64)
+            if as_numpy(images).dtype != np.uint8: stored['images_normalized'] = as_numpy(images).astype(np.float16)
+        if labels is not None: stored['labels'] = as_numpy(labels).astype(np.int64)
         atomic_write(img_path, lambda f: np.savez(f, **stored))
     if weights is not None:
         from safetensors.torch import save
@@ -173,7 +169,7 @@ def _decode(key: str, a: np.ndarray):
     if key in ('time',): return float(a)
     return a.astype(np.float32) if a.dtype == np.float16 else a
 
-
+# %% ../nbs/06_store.ipynb #d3eca154
 def _load(self: ProbeStore, epoch: int, keys: list[str] | None = None, raw: bool = False) -> dict:
     """The arrays stored for `epoch` (all, or only `keys`): norms, attn_prefix, attn_received, massive_*, logits, epoch, time.
     `raw=True` returns them as written (float16 stays float16, attention stays in its stored format for `decode_attention`),
@@ -186,14 +182,14 @@ def _load(self: ProbeStore, epoch: int, keys: list[str] | None = None, raw: bool
         if missing: raise KeyError(f"{sorted(missing)[0]!r} is not a stored array; stored: {', '.join(z.files)}.")
         return {k: z[k] if raw else _decode(k, z[k]) for k in (keys or z.files) if k != 'layout'}
 
-
+# %% ../nbs/06_store.ipynb #7f477e42
 def _read(self: ProbeStore, key: str, epochs: list[int] | None = None) -> np.ndarray:
     "Array `key` of every stored epoch (or of `epochs`), stacked: [E, ...]."
     epochs = self.epochs if epochs is None else list(epochs)
     if not epochs: raise FileNotFoundError(f"{self.root} holds no probe epochs yet.")
     return np.stack([self.load(e, [key])[key] for e in epochs])
 
-
+# %% ../nbs/06_store.ipynb #10f3523b
 def _result(self: ProbeStore, epoch: int) -> ProbeResult:
     "The stored epoch as a `ProbeResult` (torch tensors; `attn` is None since only summaries are stored)."
     d, t = self.load(epoch), torch.from_numpy
@@ -202,7 +198,7 @@ def _result(self: ProbeStore, epoch: int) -> ProbeResult:
     return ProbeResult(norms=t(d['norms']), layout=self.layout, massive=massive, logits=t(d['logits']),
                        attn_prefix=t(d['attn_prefix']), attn_received=t(d['attn_received']))
 
-
+# %% ../nbs/06_store.ipynb #abb9ddd4
 def _images(self: ProbeStore, normalized: bool = False):
     "The probe images: uint8 [K, H, W, 3], or (normalized=True) the float [K, 3, H, W] tensor the model saw."
     p = self.root / 'images.npz'
@@ -216,13 +212,13 @@ def _images(self: ProbeStore, normalized: bool = False):
     x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
     return (x - torch.tensor(meta['mean'])[:, None, None]) / torch.tensor(meta['std'])[:, None, None]
 
-
+# %% ../nbs/06_store.ipynb #e9de7e35
 def _labels(self: ProbeStore) -> np.ndarray | None:
     p = self.root / 'images.npz'
     if not p.exists(): return None
     with np.load(p, allow_pickle=False) as z: return z['labels'] if 'labels' in z.files else None
 
-
+# %% ../nbs/06_store.ipynb #85514fda
 def _load_model_weights(self: ProbeStore, model: nn.Module, epoch: int) -> nn.Module:
     "Load the weights stored at `epoch` into `model` (built to match, e.g. from `meta['model']`)."
     from vitartifacts.models import load_weights
@@ -232,7 +228,9 @@ def _load_model_weights(self: ProbeStore, model: nn.Module, epoch: int) -> nn.Mo
     return model
 
 ProbeStore.load, ProbeStore.read, ProbeStore.result, ProbeStore.images = _load, _read, _result, _images
+
 ProbeStore.labels = property(_labels)
+
 ProbeStore.load_model_weights = _load_model_weights
 
 # %% ../nbs/06_store.ipynb #dca9c136
@@ -247,19 +245,3 @@ def store_attn_dtype(result, budget: float = 5e6) -> str:
     depth, K, T = result.norms.shape[0] - 1, result.norms.shape[1], result.norms.shape[2]
     H, P = result.attn_received.shape[2], result.layout.n_prefix
     return 'float16' if epoch_nbytes(depth, K, T, H, P, 'float16') <= budget else 'log8'
-
-# %% ../nbs/06_store.ipynb #feac97f2
-def _fake_epoch_writer(run_dir: str, n_epochs: int, n_reg: int = 4, pause: float = 0.0):
-    "Write `n_epochs` ViT-S-sized probe epochs whose norms all equal the epoch number (for concurrency checks)."
-    grid, depth, K, H = (14, 14), 12, 64, 6
-    lay = TokenLayout(1 + n_reg + grid[0] * grid[1], 0, list(range(1, 1 + n_reg)), grid)
-    T, P = lay.n_tokens, lay.n_prefix
-    mass = MassiveActivations(torch.ones(depth, 3), torch.zeros(depth, 3, dtype=torch.long),
-                              torch.zeros(depth, 3, dtype=torch.long), torch.ones(depth))
-    att = torch.rand(depth, K, H, P, T)
-    store = ProbeStore(run_dir)
-    for e in range(n_epochs):
-        r = ProbeResult(norms=torch.full((depth + 1, K, T), float(e)), layout=lay, massive=mass,
-                        logits=torch.zeros(K, 100), attn_prefix=att, attn_received=att[:, :, :, 0])
-        store.append(e, r)
-        time.sleep(pause)

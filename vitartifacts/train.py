@@ -4,10 +4,10 @@
 
 # %% ../nbs/05_train.ipynb #5778e99d
 from __future__ import annotations
-import contextlib, dataclasses, functools, importlib, json, math, os, random, shutil, time, uuid, warnings
+import contextlib, dataclasses, functools, json, math, os, random, time, uuid, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,109 +15,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, atomic_write, atomic_write_text, check_run_dir
+from .config import Config
+from .data import Data, build_data
+from .runs import (atomic_write, atomic_write_text, atomic_save, check_run_dir, make_run_dir, keep_copy,
+                               read_metrics, write_metrics)
 
 # %% auto #0
-__all__ = ['Data', 'world', 'memory_data', 'mixup_fn', 'build_data', 'cached_data', 'build_model', 'build_optimizer',
-           'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed', 'autocast',
-           'set_determinism', 'rng_state', 'set_rng_state', 'prepare_run_dir', 'make_run_dir', 'atomic_save',
-           'save_weights', 'keep_copy', 'Progress', 'epoch_batches', 'soft_targets', 'evaluate', 'read_metrics',
-           'write_metrics', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run', 'account',
-           'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train',
-           'launch']
-
-# %% ../nbs/05_train.ipynb #1aa93d7e
-@dataclass
-class Data:
-    """What the training loop needs from a dataset. The loss takes soft targets, made from a batch of class indices by
-    `mixup_fn` (Mixup/CutMix, or label smoothing alone; without one, label smoothing with the config's `smoothing`), or
-    by the train loader itself when it mixes on the device (`loader_mixes`, `vitartifacts.gpudata`)."""
-    train_loader: Iterable      # (images [B,3,H,W], class indices [B]); drop_last; sampler with set_epoch if sharded
-    val_loader: Iterable        # (images, class indices)
-    num_classes: int
-    mixup_fn: Callable | None = None        # (images, class indices) -> (images, soft targets); None: label smoothing alone
-    probe_images: torch.Tensor | None = None  # the fixed probe set [K,3,H,W]
-    probe_labels: torch.Tensor | None = None  # their classes [K]
-    loader_mixes: bool = False              # the train loader yields (mixed images, soft targets [B, classes]) itself
-
-
-def _as_data(d) -> Data:
-    "A `Data` from an object with its fields, such as `vitartifacts.data.DataBundle` (whose loaders give class indices)."
-    if isinstance(d, Data): return d
-    return Data(d.train_loader, d.val_loader, d.num_classes, d.mixup_fn, d.probe_images, d.probe_labels)
-
-
-def world() -> tuple[int, int]:
-    "(rank, world size) of this process; (0, 1) outside torch.distributed."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def memory_data(cfg: Config, n_train: int = 512, n_val: int = 128, num_classes: int = 8) -> Data:
-    "A learnable in-memory dataset: class patterns plus noise, sharded over processes like the real loaders."
-    from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
-    g = torch.Generator().manual_seed(1234)
-    patterns = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=cfg.img_size, mode='bilinear')
-    def split(n):
-        y = torch.arange(n) % num_classes
-        return TensorDataset(patterns[y] + 0.5 * torch.randn(n, 3, cfg.img_size, cfg.img_size, generator=g), y)
-    train_set, val_set = split(n_train), split(n_val)
-    rank, size = world()
-    sampler = DistributedSampler(train_set, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    workers = max(0, cfg.num_workers)  # in memory: automatic means none
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=True, num_workers=workers)
-    val_loader = DataLoader(Subset(val_set, range(rank, n_val, size)), cfg.batch_size, num_workers=workers)
-    probe = slice(0, cfg.probe_size)
-    return Data(train_loader, val_loader, num_classes, mixup_fn(cfg, num_classes), *(t[probe] for t in val_set.tensors))
-
-
-def mixup_fn(cfg: Config, num_classes: int):
-    "The data module's Mixup/CutMix (timm's) with the config's settings; label smoothing alone when both are off."
-    from vitartifacts.data import build_mixup
-    return build_mixup(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mixup_switch_prob, cfg.mixup_mode,
-                       cfg.smoothing)
-
-
-def build_data(cfg: Config, device: torch.device | None = None) -> Data:
-    "The data of `cfg`: from `cfg.data_fn`, or the cache of `cfg.fast_data`, or `vitartifacts.data.build_data`."
-    if cfg.data_fn:
-        module, name = cfg.data_fn.split(':')
-        try: fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"Setting data_fn={cfg.data_fn!r} cannot be imported ({e}).") from None
-        return _as_data(fn(cfg))
-    if cfg.fast_data: return cached_data(cfg, device or torch.device('cpu'))
-    from vitartifacts import data
-    return _as_data(data.build_data(**data.data_kwargs(cfg)))
-
-
-def cached_data(cfg: Config, device: torch.device) -> Data:
-    "The fast pipeline: the uint8 cache at `cfg.data_path` (train/, val/), augmented and mixed a batch at a time on `device`."
-    from vitartifacts import gpudata as g
-    root, (rank, size) = Path(cfg.data_path).expanduser(), world()
-    train_cache, val_cache = g.ImageCache.load(root / 'train'), g.ImageCache.load(root / 'val')   # memory-mapped
-    on_device = g.cache_device(train_cache.images.nbytes + val_cache.images.nbytes, device, cfg.data_cache)
-    if on_device is not None: train_cache, val_cache = train_cache.to(on_device), val_cache.to(on_device)
-    num_classes = len(train_cache.classes)
-    cuda = device.type == 'cuda'
-    out_dtype = torch.bfloat16 if cuda and cfg.precision == 'bf16' else torch.float32   # what autocast would cast to anyway
-    kernel = dict(method='bag' if cfg.augment_kernel == 'bag' else 'matmul',
-                  resample_dtype=torch.float16 if cfg.augment_kernel == 'matmul-fp16' else torch.float32)
-    augment = g.BatchAugment(img_size=cfg.img_size, three_augment=cfg.three_augment, color_jitter=cfg.color_jitter,
-                             out_dtype=out_dtype, compile=cfg.compile and cuda, **kernel)
-    mixing = cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0   # the loader mixes on the device; else label smoothing alone
-    mixup = g.BatchMixup(cfg.mixup_alpha, cfg.cutmix_alpha, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                         label_smoothing=cfg.smoothing, num_classes=num_classes, compile=cfg.compile and cuda) \
-        if mixing else None
-    common = dict(device=device, rank=rank, world_size=size, img_size=cfg.img_size, seed=cfg.seed, out_dtype=out_dtype)
-    train_loader = g.CachedLoader(train_cache, cfg.batch_size, augment=augment, mixup=mixup, **common)
-    val_loader = g.CachedLoader(val_cache, cfg.batch_size, shuffle=False, drop_last=False, **common)
-    from vitartifacts.data import probe_indices
-    idx = probe_indices(len(val_cache), min(cfg.probe_size, len(val_cache))).numpy()  # the PIL path's probe set: same in every run
-    images, widths, transposed = val_cache.batch(idx, device)
-    probe_images = g.center_crop_batch(images, widths, transposed, cfg.img_size)
-    return Data(train_loader, val_loader, num_classes, None if mixing else mixup_fn(cfg, num_classes), probe_images,
-                val_cache.labels[idx], loader_mixes=mixing)
+__all__ = ['build_model', 'build_optimizer', 'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed',
+           'autocast', 'set_determinism', 'rng_state', 'set_rng_state', 'save_weights', 'Progress', 'epoch_batches',
+           'soft_targets', 'evaluate', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run',
+           'account', 'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch',
+           'train', 'launch']
 
 # %% ../nbs/05_train.ipynb #d52f650c
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
@@ -127,7 +35,7 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
                         patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
                         drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed)
 
-
+# %% ../nbs/05_train.ipynb #a7ce25d4
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """LAMB over DeiT III's parameter groups, clipping the gradient norm at `cfg.clip_grad` (0: no clipping).
     With `cfg.compile` on CUDA the update of each group is compiled too (a few fused kernels instead of one per op)."""
@@ -136,7 +44,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     return Lamb(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                 weight_decay=cfg.weight_decay, max_grad_norm=cfg.clip_grad or None, compile=cfg.compile and on_cuda)
 
-
+# %% ../nbs/05_train.ipynb #c027c396
 def lr_schedule(cfg: Config, steps_per_epoch: int) -> Callable[[int], float]:
     "The learning rate of `cfg` by optimizer step: `optim.lr_at`, warming up over `warmup_epochs`, cosine to `min_lr` at `epochs`."
     from vitartifacts.optim import lr_at
@@ -156,7 +64,7 @@ class Device:
     @property
     def distributed(self) -> bool: return self.world_size > 1
 
-
+# %% ../nbs/05_train.ipynb #0f1e49dc
 def pick_device(name: str = 'auto', local_rank: int = 0) -> torch.device:
     "The device `name`; 'auto' means CUDA, then MPS, then CPU."
     if name == 'auto':
@@ -171,12 +79,12 @@ def pick_device(name: str = 'auto', local_rank: int = 0) -> torch.device:
     if dev.type == 'cuda' and dev.index is None: dev = torch.device('cuda', local_rank)
     return dev
 
-
+# %% ../nbs/05_train.ipynb #8b4cd1ba
 def in_distributed_env() -> bool:
     "True when a launcher (torchrun, `launch`) started this process as one of several."
     return int(os.environ.get('WORLD_SIZE', '1')) > 1
 
-
+# %% ../nbs/05_train.ipynb #9e5527c7
 def init_distributed(cfg: Config) -> Device:
     "Join the process group when launched as one of several processes; pick this process's device."
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
@@ -187,13 +95,13 @@ def init_distributed(cfg: Config) -> Device:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', device_id=device if device.type == 'cuda' else None)
     return Device(device, dist.get_rank(), dist.get_world_size())
 
-
+# %% ../nbs/05_train.ipynb #0b9bf507
 def autocast(dev: Device, cfg: Config):
     "bf16 (or fp16) autocast on CUDA; fp32 elsewhere."
     if dev.device.type != 'cuda' or cfg.precision == 'fp32': return contextlib.nullcontext()
     return torch.autocast('cuda', dtype=torch.bfloat16 if cfg.precision == 'bf16' else torch.float16)
 
-
+# %% ../nbs/05_train.ipynb #332d08ad
 def set_determinism(cfg: Config, rank: int = 0):
     "Seed every generator (offset by rank) and, if asked, make kernels deterministic."
     seed = cfg.seed + rank
@@ -213,7 +121,7 @@ def rng_state() -> dict:
     if torch.backends.mps.is_available(): state['mps'] = torch.mps.get_rng_state()
     return state
 
-
+# %% ../nbs/05_train.ipynb #cd09fc24
 def set_rng_state(state: dict):
     "Restore what `rng_state` returned."
     random.setstate((3, tuple(state['python']), None))
@@ -224,42 +132,10 @@ def set_rng_state(state: dict):
     if 'mps' in state and torch.backends.mps.is_available(): torch.mps.set_rng_state(state['mps'])
 
 # %% ../nbs/05_train.ipynb #388fc819
-def prepare_run_dir(cfg: Config) -> Path:
-    "Check the run folder, clear it on overwrite, create it and write config.yaml."
-    check_run_dir(cfg)
-    return make_run_dir(cfg)
-
-
-def make_run_dir(cfg: Config) -> Path:
-    "Clear the run folder on overwrite, create it and write config.yaml, once `check_run_dir(cfg)` has passed."
-    run_dir = cfg.run_dir
-    if cfg.overwrite and run_dir.exists():
-        for p in run_dir.iterdir():
-            if p.suffix == '.ipynb': continue
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    (run_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / 'config.yaml')
-    return run_dir
-
-
-def atomic_save(obj, path: Path):
-    "`torch.save` written atomically."
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def save_weights(model: torch.nn.Module, path: Path):
     "The model's weights as safetensors, written atomically."
     from safetensors.torch import save
     return atomic_write(path, lambda f: f.write(save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})))
-
-
-def keep_copy(src: Path, dst: Path):
-    "`dst` as a snapshot of `src`: a hard link (free, and untouched when `src` is replaced) or a copy."
-    tmp = dst.with_name(f'.{dst.name}.tmp')
-    tmp.unlink(missing_ok=True)
-    try: os.link(src, tmp)
-    except OSError: shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 # %% ../nbs/05_train.ipynb #2effc7e6
 @dataclass
@@ -276,7 +152,7 @@ class Progress:
     def next_epoch(self):
         self.epoch, self.step_in_epoch, self.loss_sum, self.images, self.seconds = self.epoch + 1, 0, 0.0, 0, 0.0
 
-
+# %% ../nbs/05_train.ipynb #3e86e323
 def epoch_batches(loader, progress: Progress, rng_now: dict | None = None):
     "The batches of `progress.epoch` after the `progress.step_in_epoch` already trained."
     sampler = getattr(loader, 'sampler', None)
@@ -303,7 +179,7 @@ def soft_targets(images, labels, data: Data, cfg: Config):
     from vitartifacts.data import SmoothedTargets   # a Data made without one: label smoothing alone
     return SmoothedTargets(data.num_classes, cfg.smoothing)(images, labels)
 
-
+# %% ../nbs/05_train.ipynb #3f47e4a5
 @torch.no_grad()
 def evaluate(model, loader, dev: Device, cfg: Config) -> dict:
     "Validation cross-entropy, top-1 and top-5 accuracy over the whole validation set (all processes)."
@@ -325,18 +201,6 @@ def evaluate(model, loader, dev: Device, cfg: Config) -> dict:
     return dict(val_loss=loss / max(n, 1), val_acc1=top1 / max(n, 1), val_acc5=top5 / max(n, 1))
 
 # %% ../nbs/05_train.ipynb #7a3a0397
-def read_metrics(run_dir) -> list[dict]:
-    "The lines of `run_dir/metrics.jsonl` (empty if there is none yet)."
-    path = Path(run_dir) / 'metrics.jsonl'
-    if not path.exists(): return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_metrics(run_dir: Path, lines: list[dict]):
-    "Rewrite `metrics.jsonl` atomically."
-    atomic_write_text(run_dir / 'metrics.jsonl', ''.join(json.dumps(l) + '\n' for l in lines))
-
-
 def wandb_has_key() -> bool:
     "Whether a Weights & Biases API key is configured (environment or ~/.netrc)."
     if os.environ.get('WANDB_API_KEY'): return True
@@ -345,7 +209,7 @@ def wandb_has_key() -> bool:
         return netrc.netrc().authenticators('api.wandb.ai') is not None
     except Exception: return False
 
-
+# %% ../nbs/05_train.ipynb #9802572d
 class Trackers:
     "wandb and TensorBoard behind one `log`; failures warn once and switch the tracker off."
     def __init__(self, cfg: Config, run_dir: Path, wandb_id: str | None = None):
@@ -410,7 +274,7 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
         weights=model if cfg.probe_weights else None, model_info=model_info)
     return result
 
-
+# %% ../nbs/05_train.ipynb #3cfe266b
 def probe_due(epoch: int, cfg: Config) -> bool:
     "Whether the probe runs after `epoch` finished epochs."
     return cfg.analysis_freq > 0 and (epoch % cfg.analysis_freq == 0 or epoch == cfg.epochs)
@@ -419,7 +283,7 @@ def probe_due(epoch: int, cfg: Config) -> bool:
 class NonFiniteLoss(FloatingPointError):
     "The training loss became NaN or infinite."
 
-
+# %% ../nbs/05_train.ipynb #3c70ae98
 @dataclass
 class Run:
     "What the loop works with, besides the model and the data."
@@ -433,7 +297,7 @@ class Run:
     save_latest: Callable | None = None  # called mid-epoch every `save_steps` steps
     metrics: list = dataclasses.field(default_factory=list)  # the lines of metrics.jsonl
 
-
+# %% ../nbs/05_train.ipynb #dbcbc046
 def account(pending: tuple, progress: Progress, run: Run) -> float:
     "Check a step's loss (averaged over processes) and add it to the epoch's sum; `pending` is (loss, (epoch, step_in_epoch, step))."
     loss, at = pending
@@ -493,7 +357,7 @@ def checkpoint_state(raw_model, run: Run, progress: Progress) -> dict:
                 progress=asdict(progress), rng=rng_state(), config=asdict(run.cfg),
                 wandb_id=run.trackers.wandb_id if run.trackers else None)
 
-
+# %% ../nbs/05_train.ipynb #0319a21a
 def save_checkpoint(raw_model, run: Run, progress: Progress, name: str = 'latest'):
     "Write `checkpoints/{name}.pt` (and `latest.json`) atomically on the main process."
     if not run.dev.is_main: return
@@ -502,7 +366,7 @@ def save_checkpoint(raw_model, run: Run, progress: Progress, name: str = 'latest
     info = dict(epoch=progress.epoch, step=progress.step, step_in_epoch=progress.step_in_epoch, time=time.time())
     if name == 'latest': atomic_write_text(ckpt_dir / 'latest.json', json.dumps(info) + '\n')
 
-
+# %% ../nbs/05_train.ipynb #2a010302
 def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, str | None]:
     "Restore model, optimizer and scaler from `path`; return the progress, the generator states and the wandb id."
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -516,7 +380,7 @@ def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, st
 def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     "Data, run folder, model (DDP, compiled), optimizer, scaler and trackers; restored from `latest.pt` on resume."
     if dev.is_main: check_run_dir(cfg)  # once, and before the data, which may take a while to build
-    data = _as_data(data or build_data(cfg, dev.device))
+    data = data or build_data(cfg, dev.device)
     if len(data.train_loader) == 0:
         raise ValueError(f"Setting batch_size={cfg.batch_size} is larger than the training set; lower it.")
     run_dir = make_run_dir(cfg) if dev.is_main else cfg.run_dir
@@ -536,7 +400,7 @@ def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     run.save_latest = lambda p: save_checkpoint(raw_model, run, p)
     return run, data, raw_model, model, progress, rng_now
 
-
+# %% ../nbs/05_train.ipynb #92d48aba
 def end_epoch(run: Run, data: Data, raw_model, progress: Progress, line: dict, probe_hook):
     "After an epoch (main process): the metrics line, the probe pass when due, the checkpoints."
     cfg, run_dir = run.cfg, run.run_dir
@@ -547,7 +411,7 @@ def end_epoch(run: Run, data: Data, raw_model, progress: Progress, line: dict, p
     save_checkpoint(raw_model, run, progress)
     if cfg.save_freq and progress.epoch % cfg.save_freq == 0: _snapshot(raw_model, run_dir, f'epoch_{progress.epoch:04d}')
 
-
+# %% ../nbs/05_train.ipynb #bd31cf51
 def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = on_probe) -> Path:
     "Run the training described by `cfg`; return its run folder."
     if cfg.nproc > 1 and not in_distributed_env():
@@ -577,7 +441,7 @@ def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = o
         torch.use_deterministic_algorithms(deterministic_before)
     return run.run_dir
 
-
+# %% ../nbs/05_train.ipynb #f056a0c4
 def _summary(line: dict, cfg: Config) -> str:
     return (f"epoch {line['epoch']}/{cfg.epochs}: train_loss {line['train_loss']:.4f}  val_loss {line['val_loss']:.4f}  "
             f"acc1 {line['val_acc1']:.3f}  acc5 {line['val_acc5']:.3f}  lr {line['lr']:.2e}  "
@@ -590,7 +454,7 @@ def _snapshot(raw_model, run_dir: Path, name: str):
     keep_copy(ckpt_dir / 'latest.pt', ckpt_dir / f'{name}.pt')
     save_weights(raw_model, ckpt_dir / f'{name}.safetensors')
 
-
+# %% ../nbs/05_train.ipynb #4cdfd1e3
 def _probe(hook, run: Run, raw_model, data: Data, epoch: int):
     "Call the probe hook with the bare model in eval mode, outside autocast, without touching the generators."
     if hook is None or data.probe_images is None or len(data.probe_images) == 0: return
@@ -600,7 +464,7 @@ def _probe(hook, run: Run, raw_model, data: Data, epoch: int):
     finally:
         raw_model.train(was_training); set_rng_state(state)
 
-
+# %% ../nbs/05_train.ipynb #c497738e
 def _agree_on_name(cfg: Config, dev: Device) -> Config:
     "Every process uses the main process's resolved run name."
     if not dev.distributed: return cfg
@@ -614,7 +478,7 @@ def _worker(cfg_dict: dict):
     from torch.distributed.elastic.multiprocessing.errors import record
     return str(record(train)(Config.from_dict(cfg_dict)))
 
-
+# %% ../nbs/05_train.ipynb #0c9a6650
 def launch(cfg: Config) -> Path:
     "Train with `cfg.nproc` local processes (gloo on CPU, NCCL on GPUs); return the run folder."
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -630,7 +494,7 @@ def launch(cfg: Config) -> Path:
         raise _worker_error(e) from None
     return cfg.run_dir
 
-
+# %% ../nbs/05_train.ipynb #16f58a60
 def _worker_error(e) -> Exception:
     "The first worker's error as an exception of the same kind, with its message."
     rank, failure = min(e.failures.items())

@@ -1,6 +1,6 @@
 """Time one slider update of the explorer on ViT-S-sized data.
 
-A made-up ViT-S run (vitartifacts.views.fabricate_run: K = 64 probe images, 12 blocks, 6 heads,
+A made-up ViT-S run (vitartifacts.testing.fabricate_run: K = 64 probe images, 12 blocks, 6 heads,
 197 tokens, 81 probe epochs, stored as training stores it) is opened in `Explorer`, the
 notebook's widget; then sliders are moved at random (epoch, layer, head or image, one at a time,
 as a user does) and the time from setting the slider's value to every panel having been

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitartifacts import data as vd
+from vitartifacts import synthetic as synth
 from vitartifacts.config import Config, setting_names
 from vitartifacts.data import synthetic_root
 from vitartifacts.data import build_data as build_from_config
@@ -148,21 +149,21 @@ def test_synthetic_same_seed_same_bytes(tmp_path):
 
 def test_synthetic_write_is_atomic(tmp_path, monkeypatch):
     calls = []
-    real = vd._write_class
+    real = synth._write_class
     def crash(args):
         calls.append(args)
         if len(calls) == 3: raise OSError('disk full')
         real(args)
-    monkeypatch.setattr(vd, '_write_class', crash)
+    monkeypatch.setattr(synth, '_write_class', crash)
     kw = dict(num_classes=2, train_per_class=3, val_per_class=2, image_size=32)
     with pytest.raises(OSError, match='disk full'): synthetic_root(tmp_path, **kw)
     assert list((tmp_path / 'synthetic').iterdir()) == []  # neither a half-written dataset nor a temporary folder
-    monkeypatch.setattr(vd, '_write_class', real)
+    monkeypatch.setattr(synth, '_write_class', real)
     root = synthetic_root(tmp_path, **kw)
-    assert vd._synthetic_complete(root)
-    (root / 'val' / vd.synthetic_classes(2)[1] / f'{vd.synthetic_classes(2)[1]}_00001.JPEG').unlink()  # damaged by hand
-    assert not vd._synthetic_complete(root)
-    assert synthetic_root(tmp_path, **kw) == root and vd._synthetic_complete(root)  # rebuilt
+    assert synth._synthetic_complete(root)
+    (root / 'val' / synth.synthetic_classes(2)[1] / f'{synth.synthetic_classes(2)[1]}_00001.JPEG').unlink()  # damaged by hand
+    assert not synth._synthetic_complete(root)
+    assert synthetic_root(tmp_path, **kw) == root and synth._synthetic_complete(root)  # rebuilt
 
 
 def test_imagenet_preset_shapes(tmp_path):

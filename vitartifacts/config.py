@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #24d8a3b2
 from __future__ import annotations
-import argparse, copy, dataclasses, difflib, re
+import argparse, copy, dataclasses, difflib, math, re
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
@@ -12,9 +12,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
-           'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'setting', 'Config',
-           'setting_names', 'setting_help', 'check_mixup_batch', 'add_arguments', 'demo_config', 'from_namespace',
-           'parameters_cell']
+           'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'NOTEBOOK_NAMES', 'setting',
+           'Config', 'setting_names', 'setting_help', 'check_mixup_batch', 'add_arguments', 'demo_config',
+           'check_notebook_names', 'from_namespace', 'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
 MODELS = ('vanilla', 'register', 'gated')
@@ -50,7 +50,8 @@ class Config:
     dataset: str = setting('', "dataset; empty means synthetic without data_path, imagefolder with it", DATASETS + ('',))
     data_path: str = setting('', "ImageFolder root with train/ and val/ (or the Fashion-MNIST folder)")
     cache_dir: str = setting('~/.cache/vitartifacts', "where the synthetic dataset and data caches live")
-    data_fn: str = setting('', "'module:function' building the data from the config instead of vitartifacts.data")
+    data_fn: str = setting('', "'module:function' building the data from the config instead of vitartifacts.data; "
+                           "imports and runs that code (also on resume from a config.yaml), and says which")
     num_workers: int = setting(-1, "data loader worker processes per device; -1: the cores left, at most 8")
     fast_data: bool = setting(False, "batched on-device augmentation of a `vitartifacts prepare-data` cache at data_path")
     color_jitter: float = setting(0.3, "ColorJitter strength (0 turns it off)")
@@ -106,7 +107,7 @@ class Config:
 
 # %% ../nbs/00_config.ipynb #bab5625d
 RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'data_cache', 'device',
-                    'nproc', 'resume', 'overwrite', 'epochs', 'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
+                    'nproc', 'resume', 'overwrite', 'run_name', 'epochs', 'save_freq', 'save_steps', 'wandb_mode', 'wandb_project', 'tensorboard', 'log_freq', 'runs_dir',
                     'cache_dir', 'data_path', 'data_fn', 'skip_corrupt')
 
 def setting_names() -> list[str]:
@@ -179,10 +180,13 @@ def _validate(cfg: Config):
             raise ValueError(f"Setting {f.name}={v!r} is not one of {shown}.")
     def need(ok, msg):
         if not ok: raise ValueError(msg)
+    for f in fields(cfg):                                    # inf and nan pass every comparison below that they should fail
+        if f.type == 'float': need(math.isfinite(getattr(cfg, f.name)), f"Setting {f.name} must be a finite number, got {getattr(cfg, f.name)}.")
     need(cfg.lr > 0, f"Setting lr must be positive, got {cfg.lr}.")
     for name in ('min_lr', 'warmup_lr', 'weight_decay', 'clip_grad', 'mixup_alpha', 'cutmix_alpha',
                  'color_jitter', 'warmup_epochs', 'drop_path_rate'):
         need(getattr(cfg, name) >= 0, f"Setting {name} must be zero or positive, got {getattr(cfg, name)}.")
+    need(cfg.img_size <= 4096, f"Setting img_size must be at most 4096 pixels, got {cfg.img_size}.")   # beyond: an allocation no machine has
     for name in ('epochs', 'batch_size', 'img_size', 'patch_size', 'nproc'):
         need(getattr(cfg, name) >= 1, f"Setting {name} must be at least 1, got {getattr(cfg, name)}.")
     need(cfg.num_workers >= -1, f"Setting num_workers must be -1 (automatic) or more, got {cfg.num_workers}.")
@@ -298,6 +302,19 @@ DEMO = dict(size='tiny', img_size=64, patch_size=8, epochs=6, batch_size=64, lr=
 def demo_config(**overrides) -> Config:
     "The embedded demo: a tiny ViT on the synthetic dataset, a few minutes on a CPU."
     return Config.from_dict({**DEMO, **overrides})
+
+
+NOTEBOOK_NAMES = ('In', 'Out', 'get_ipython', 'exit', 'quit', 'open')   # what IPython itself puts in a notebook's globals
+
+
+def check_notebook_names(ns: dict):
+    """Raise for a plain value in the mapping `ns` (a notebook's `globals()`) that is no setting: papermill only warns
+    about a parameter the notebook does not name (`-p modle gated`) and injects it anyway, so the run would go ahead
+    with the default instead."""
+    for k, v in ns.items():
+        if (not k.startswith('_') and k not in NOTEBOOK_NAMES and k not in setting_names()
+                and isinstance(v, (str, int, float, bool, list, dict, tuple, type(None)))):
+            raise ValueError(_unknown(k) + " (a papermill parameter of this notebook must be a setting)")
 
 
 def from_namespace(ns: dict) -> Config:

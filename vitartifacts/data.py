@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #d61e3c99
 from __future__ import annotations
-import colorsys, gzip, hashlib, importlib, json, logging, math, os, shutil, tempfile
+import gzip, hashlib, importlib, logging, math, os, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image, ImageChops, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import transforms as tv1
 from torchvision.datasets import FashionMNIST, ImageFolder
@@ -24,19 +24,14 @@ from timm.data.mixup import mixup_target
 
 from .config import Config, DATASETS
 
-log = logging.getLogger(__name__)
-DEFAULT_CACHE_DIR = '~/.cache/vitartifacts'
+from .synthetic import DEFAULT_CACHE_DIR, cache_path, synthetic_root   # the embedded dataset
 
-def cache_path(cache_dir=None) -> Path:
-    "The cache folder (`cache_dir`, or ~/.cache/vitartifacts when empty), expanded."
-    return Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_CACHE_DIR', 'DECODE_ERRORS', 'SHAPES', 'PATTERNS', 'STYLES', 'SYNTHETIC_VERSION', 'SYNTHETIC_PRESETS',
-           'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'cache_path', 'denormalize', 'image_grid',
-           'class_folders', 'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'decode_rgb',
-           'CheckedImageFolder', 'synthetic_classes', 'synthetic_image', 'write_synthetic', 'synthetic_root',
-           'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor',
+__all__ = ['log', 'DECODE_ERRORS', 'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'denormalize', 'image_grid',
+           'class_folders', 'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'to_rgb8', 'decode_rgb',
+           'CheckedImageFolder', 'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor',
            'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root', 'fashion_mnist',
            'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler', 'world',
            'default_num_workers', 'build_loaders', 'Data', 'mixup_fn', 'resolve_dataset', 'data_fn_data', 'folder_data',
@@ -159,6 +154,24 @@ def open_image(path, lazy_jpeg=False) -> Image.Image:
     img = Image.open(path)
     return img if lazy_jpeg and img.format == 'JPEG' else decode_rgb(img)[0]
 
+# %% ../nbs/03_data.ipynb #9d9d0002
+def to_rgb8(img: Image.Image) -> Image.Image:
+    "`img` as 8-bit RGB: 16-bit and 32-bit greyscale scaled from 0..65535, float from 0..1, the rest by PIL's `convert`."
+    if img.mode == 'RGB': return img
+    if img.mode.startswith('I') or img.mode == 'F':
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == 'F':
+            if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1):
+                raise ValueError(f"a float image (mode F) with values outside 0..1 ({np.nanmin(a):.3g}..{np.nanmax(a):.3g}) has "
+                                 "no one meaning as pixels; save it as 8- or 16-bit.")
+            a = a * 255
+        else:
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ValueError(f"a {img.mode} image with values outside 0..65535 has no one meaning as pixels; save it as 8- or 16-bit.")
+            a = a / 257                                          # 65535 -> 255
+        return Image.fromarray(np.round(np.nan_to_num(a)).clip(0, 255).astype(np.uint8), 'L').convert('RGB')
+    return img.convert('RGB')
+
 # %% ../nbs/03_data.ipynb #152f3258
 def decode_rgb(img: Image.Image, reduce: int = 1) -> tuple[Image.Image, float]:
     """Decode `img` as RGB and return it with the factor its size was divided by. A JPEG not yet decoded is decoded at
@@ -168,7 +181,7 @@ def decode_rgb(img: Image.Image, reduce: int = 1) -> tuple[Image.Image, float]:
         W, H = img.size
         drafted = img.draft('RGB', (max(1, W // reduce), max(1, H // reduce)))
         if drafted is not None: factor = W / drafted[1][2]
-    if img.mode != 'RGB': img = img.convert('RGB')
+    if img.mode != 'RGB': img = to_rgb8(img)
     else: img.load()
     return img, factor
 
@@ -208,211 +221,6 @@ class CheckedImageFolder(ImageFolder):
                 log.warning(f"Skipped unreadable image {path} ({e}); {self.decode_failures} skipped so far in this process (skip_corrupt=True).")
                 index = (index + 1) % len(self.samples)  # the next image, with its own label
         raise ValueError(f"No image under {self.root} could be decoded.")
-
-# %% ../nbs/03_data.ipynb #d39f0a50
-SHAPES = ('disk', 'square', 'triangle', 'diamond', 'plus', 'star', 'ring', 'hexagon', 'crescent', 'bars')
-
-
-PATTERNS = ('solid', 'outline', 'striped', 'checkered', 'twotone')
-
-
-STYLES = PATTERNS + tuple(f'pair-{p}' for p in PATTERNS)
-
-
-def synthetic_classes(num_classes: int) -> list[str]:
-    "Folder names of the synthetic classes: class c is shape c % 10 drawn in style c // 10 (so 10 classes are 10 solid shapes)."
-    if not 1 <= num_classes <= len(SHAPES) * len(STYLES):
-        raise ValueError(f"num_classes={num_classes} is out of range for the synthetic dataset; pick 1 to {len(SHAPES) * len(STYLES)}.")
-    return [f"{c:03d}_{SHAPES[c % len(SHAPES)]}_{STYLES[c // len(SHAPES)]}" for c in range(num_classes)]
-
-
-def _regular(n, r, cx, cy, rot, inner=None):
-    "Corners of a regular n-gon (a star when `inner` gives the inner radius ratio)."
-    k = 2 * n if inner else n
-    return [(cx + (r if inner is None or i % 2 == 0 else r * inner) * math.cos(rot + 2 * math.pi * i / k),
-             cy + (r if inner is None or i % 2 == 0 else r * inner) * math.sin(rot + 2 * math.pi * i / k)) for i in range(k)]
-
-# %% ../nbs/03_data.ipynb #88e33240
-def _shape_mask(shape, size, cx, cy, r, rot):
-    "An 'L' mask of `shape` centred at (cx, cy) with radius r, rotated by rot radians."
-    m = Image.new('L', size, 0); d = ImageDraw.Draw(m)
-    if shape == 'disk': d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif shape == 'square': d.polygon(_regular(4, r, cx, cy, rot), fill=255)
-    elif shape == 'triangle': d.polygon(_regular(3, r, cx, cy, rot), fill=255)
-    elif shape == 'hexagon': d.polygon(_regular(6, r, cx, cy, rot), fill=255)
-    elif shape == 'star': d.polygon(_regular(5, r, cx, cy, rot, inner=0.42), fill=255)
-    elif shape == 'ring':
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        d.ellipse([cx - 0.5 * r, cy - 0.5 * r, cx + 0.5 * r, cy + 0.5 * r], fill=0)
-    else:  # shapes without rotational symmetry: drawn upright, then rotated about their centre
-        if shape == 'diamond': d.polygon([(cx, cy - r), (cx + 0.55 * r, cy), (cx, cy + r), (cx - 0.55 * r, cy)], fill=255)
-        elif shape == 'plus':
-            w = 0.33 * r
-            d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255); d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=255)
-        elif shape == 'crescent':
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-            d.ellipse([cx - 0.55 * r, cy - 1.05 * r, cx + 1.45 * r, cy + 0.95 * r], fill=0)
-        elif shape == 'bars':
-            for y0 in (-0.8 * r, -0.15 * r, 0.5 * r): d.rectangle([cx - r, cy + y0, cx + r, cy + y0 + 0.3 * r], fill=255)
-        else: raise ValueError(f"Unknown synthetic shape {shape!r}; pick one of {', '.join(SHAPES)}.")
-        m = m.rotate(math.degrees(rot), resample=Image.Resampling.BILINEAR, center=(cx, cy))
-    return m
-
-# %% ../nbs/03_data.ipynb #2bd0f90c
-def _hsv(h, s, v) -> tuple: return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
-
-
-def _background(rng) -> tuple:
-    "A muted background colour (low saturation, any hue and brightness)."
-    return _hsv(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.2, 0.95))
-
-
-def _object_colors(rng, hue_index: int, n_hues: int, avoid_value: float) -> tuple:
-    """Two saturated colours of the class's hue band (a second, darker or lighter one for patterns), their brightness away
-    from the background's, so the object stands out; the hue is a quick cue, the shape and style the lasting one."""
-    h = (hue_index + rng.uniform(-0.3, 0.3)) / n_hues
-    v = rng.uniform(0.55, 1.0) if avoid_value < 0.55 else rng.uniform(0.3, 0.75)
-    return _hsv(h, rng.uniform(0.65, 1.0), v), _hsv(h, rng.uniform(0.3, 0.6), 1.25 - v)
-
-# %% ../nbs/03_data.ipynb #7727e9b1
-def _pattern(pattern, size, rng, a, b, period) -> Image.Image:
-    "An RGB fill of colours a and b in `pattern` (solid, striped, checkered or twotone) at a random angle."
-    if pattern in ('solid', 'outline'): return Image.new('RGB', size, a)
-    w, h = size
-    t = rng.uniform(0, math.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    u, v = xx * math.cos(t) + yy * math.sin(t), yy * math.cos(t) - xx * math.sin(t)
-    if pattern == 'striped': sel = (u // period) % 2 == 0
-    elif pattern == 'checkered': sel = ((u // period) + (v // period)) % 2 == 0
-    elif pattern == 'twotone': sel = u < (u.min() + u.max()) / 2
-    else: raise ValueError(f"Unknown synthetic pattern {pattern!r}; pick one of {', '.join(PATTERNS)}.")
-    return Image.fromarray(np.where(sel[..., None], np.uint8(a), np.uint8(b)))
-
-# %% ../nbs/03_data.ipynb #3c3b0910
-from statistics import NormalDist
-
-
-_GAUSS_256 = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], np.float32)  # standard normal quantiles
-
-# %% ../nbs/03_data.ipynb #01f36040
-def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0) -> Image.Image:
-    "One synthetic RGB image (size is width, height) of class `class_index`: its shape and style on one or two large flat regions."
-    W, H = size
-    shape, style = SHAPES[class_index % len(SHAPES)], STYLES[class_index // len(SHAPES)]
-    pair, pattern = style.startswith('pair-'), style.removeprefix('pair-')
-    ss = 2 if max(W, H) < 256 else 1  # supersample small images so that edges are anti-aliased
-    w, h = W * ss, H * ss
-    bg = _background(rng)
-    canvas = Image.new('RGB', (w, h), bg)
-    if rng.random() < 0.5:  # a second flat region: a horizon or a vertical split
-        bg2 = _background(rng)
-        if rng.random() < 0.5: canvas.paste(bg2, (0, int(rng.uniform(0.3, 0.8) * h), w, h))
-        else: canvas.paste(bg2, (int(rng.uniform(0.3, 0.8) * w), 0, w, h))
-    fg, fg2 = _object_colors(rng, class_index % len(SHAPES), len(SHAPES), colorsys.rgb_to_hsv(*(c / 255 for c in bg))[2])
-    r = min(w, h) * (rng.uniform(0.15, 0.22) if pair else rng.uniform(0.22, 0.36))
-    centres = []
-    for _ in range(2 if pair else 1):
-        for _ in range(50):  # inside the image and apart from each other
-            c = (rng.uniform(r, w - r), rng.uniform(r, h - r))
-            if all(math.dist(c, o) > 2.1 * r for o in centres): break
-        centres.append(c)
-    rot = rng.uniform(0, 2 * math.pi)
-    half = math.ceil(1.3 * r)  # every shape, rotated, fits in a square of this half-side around its centre
-    for cx, cy in centres:
-        x0, y0 = int(cx) - half, int(cy) - half
-        lx, ly, box = cx - x0, cy - y0, (2 * half, 2 * half)
-        mask = _shape_mask(shape, box, lx, ly, r, rot)
-        if pattern == 'outline': mask = ImageChops.subtract(mask, _shape_mask(shape, box, lx, ly, 0.8 * r, rot))
-        canvas.paste(_pattern(pattern, box, rng, fg, fg2, max(2.0, r / 3)), (x0, y0), mask)
-    if ss > 1: canvas = canvas.reduce(ss)
-    if noise > 0:  # sensor-like grain, so that the JPEGs are not trivially compressible
-        grain = np.round(noise * _GAUSS_256).astype(np.int16)[rng.integers(0, 256, (H, W, 3), dtype=np.uint8)]
-        canvas = Image.fromarray(np.clip(np.asarray(canvas, np.int16) + grain, 0, 255).astype(np.uint8))
-    return canvas
-
-# %% ../nbs/03_data.ipynb #4906a194
-SYNTHETIC_VERSION = 2  # bump when synthetic_image changes, so old caches are not reused
-
-
-SYNTHETIC_PRESETS = {
-    # the demo: learnable by a tiny ViT in minutes on a CPU
-    'demo': dict(num_classes=10, train_per_class=160, val_per_class=40, image_size=64, quality=90, noise=2.0, portrait=0.0),
-    # ImageNet-shaped JPEGs for loader benchmarks: ~500x375, a quarter portrait, quality 90, ~100 KB each
-    'imagenet': dict(num_classes=100, train_per_class=26, val_per_class=6, image_size=(500, 375), quality=90, noise=16.0, portrait=0.25),
-}
-
-
-def _image_wh(image_size): return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-
-# %% ../nbs/03_data.ipynb #75157e8b
-def _write_class(args):
-    "Write the images of one class of one split (a process-pool task)."
-    root, split, c, name, n, seed, image_size, quality, noise, portrait = args
-    d = Path(root) / split / name; d.mkdir(parents=True, exist_ok=True)
-    W, H = _image_wh(image_size)
-    for i in range(n):
-        rng = np.random.default_rng([seed, ('train', 'val').index(split), c, i])
-        size = (H, W) if rng.random() < portrait else (W, H)
-        synthetic_image(c, rng, size, noise).save(d / f"{name}_{i:05d}.JPEG", quality=quality)
-
-# %% ../nbs/03_data.ipynb #457e93b7
-def write_synthetic(root, num_classes=10, train_per_class=160, val_per_class=40, image_size=64, seed=0,
-                    quality=90, noise=2.0, portrait=0.0, workers=None) -> Path:
-    "Write a synthetic ImageFolder (train/ and val/, JPEG) into the new folder `root`, deterministically from `seed`."
-    root = Path(root); names = synthetic_classes(num_classes)
-    tasks = [(str(root), split, c, name, n, seed, image_size, quality, noise, portrait)
-             for split, n in (('train', train_per_class), ('val', val_per_class)) for c, name in enumerate(names)]
-    n_images = num_classes * (train_per_class + val_per_class) * np.prod(_image_wh(image_size)) / 64**2
-    workers = workers or (min(os.cpu_count() or 1, 8) if n_images > 20_000 else 1)  # pools only pay off for big sets
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers) as ex: list(ex.map(_write_class, tasks))
-    else:
-        for t in tasks: _write_class(t)
-    manifest = dict(version=SYNTHETIC_VERSION, classes=names, train_per_class=train_per_class, val_per_class=val_per_class,
-                    image_size=image_size, seed=seed, quality=quality, noise=noise, portrait=portrait)
-    (root / 'manifest.json').write_text(json.dumps(manifest, indent=1))
-    return root
-
-# %% ../nbs/03_data.ipynb #89b89d2a
-def _synthetic_complete(root: Path) -> bool:
-    "Whether `root` holds a finished synthetic dataset (its manifest and every file it promises)."
-    try: m = json.loads((root / 'manifest.json').read_text())
-    except (OSError, ValueError): return False
-    return all(sum(1 for _ in (root / split / c).iterdir()) == m[f'{split}_per_class']
-               for split in ('train', 'val') for c in m['classes'] if (root / split / c).is_dir()) and \
-           all((root / split / c).is_dir() for split in ('train', 'val') for c in m['classes'])
-
-# %% ../nbs/03_data.ipynb #4bde5f00
-def synthetic_root(cache_dir=DEFAULT_CACHE_DIR, preset='demo', seed=0, **overrides) -> Path:
-    """The folder of the synthetic dataset `preset` (with `overrides` of its settings), written on first use.
-    Writing goes to a temporary folder renamed into place, so a crash never leaves a half-written dataset that is reused."""
-    if preset not in SYNTHETIC_PRESETS:
-        raise ValueError(f"Unknown synthetic preset {preset!r}; pick one of {', '.join(SYNTHETIC_PRESETS)}.")
-    unknown = set(overrides) - set(SYNTHETIC_PRESETS[preset])
-    if unknown: raise ValueError(f"Unknown synthetic setting {sorted(unknown)[0]!r}; the settings are {', '.join(SYNTHETIC_PRESETS[preset])}.")
-    p = {**SYNTHETIC_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    W, H = _image_wh(p['image_size'])
-    for k in ('train_per_class', 'val_per_class'):
-        if int(p[k]) < 1: raise ValueError(f"Synthetic {k}={p[k]} must be at least 1.")
-    synthetic_classes(p['num_classes'])  # checks the range
-    name = (f"{preset}-c{p['num_classes']}-n{p['train_per_class']}x{p['val_per_class']}-{W}x{H}-q{p['quality']}"
-            f"-noise{p['noise']:g}-portrait{p['portrait']:g}-seed{seed}-v{SYNTHETIC_VERSION}")
-    final = cache_path(cache_dir) / 'synthetic' / name
-    if _synthetic_complete(final): return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # only a folder damaged by hand gets here: move it aside, then rebuild
-        log.warning(f"Rebuilding incomplete synthetic dataset {final}.")
-        shutil.rmtree(final.rename(final.with_name(f".{name}.stale.{os.getpid()}")), ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp.", dir=final.parent))
-    try:
-        write_synthetic(tmp, seed=seed, **p)
-        try: os.rename(tmp, final)
-        except OSError:  # another process finished first; its copy is identical
-            if not _synthetic_complete(final): raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 # %% ../nbs/03_data.ipynb #6f946626
 _BICUBIC = InterpolationMode.BICUBIC

@@ -155,103 +155,125 @@ class ExploreFigures:
 
     def __getitem__(self, name) -> go.Figure: return self.figs[name]
 
-    def _gaps(self, z: np.ndarray) -> np.ndarray:
-        "A tiled map as the figure takes it: NaN gaps as None for a FigureWidget (JSON), as they are for a figure."
-        return json_safe(z) if self.widget else z
+# %% ../nbs/08a_figures.ipynb #63330b68
+@patch
+def _gaps(self: ExploreFigures, z: np.ndarray) -> np.ndarray:
+    "A tiled map as the figure takes it: NaN gaps as None for a FigureWidget (JSON), as they are for a figure."
+    return json_safe(z) if self.widget else z
 
-    # --- building ------------------------------------------------------------------------------
-    def _build_overlay(self):
-        run = self.run; h, w = run.grid; ps = run.patch_size
-        fig = go.Figure([go.Image(source=run.image_uri(0) or data_uri(grey_image(h * ps, w * ps)), hoverinfo='skip'),
-                         _map_trace(run, np.zeros(run.grid), NORM_COLORS, opacity=0.55, name='norm',
-                                    colorbar=dict(thickness=10, len=0.85, title=dict(text='norm', side='right'))),
-                         go.Scatter(x=[], y=[], mode='markers', name='outliers', hoverinfo='skip',
-                                    marker=dict(symbol='x-thin-open', size=9, line=dict(width=2, color='#ff2020')))])
-        _map_axes(fig, run)
-        fig.update_layout(width=360, height=340, margin=_MARGIN, showlegend=False, title=dict(font_size=13))
-        return fig
 
-    def _build_cls(self):
-        if not self.run.has_cls: return _note_figure(f'{self.run.name}: no CLS token', 'CLS attention')
-        fig = go.Figure([_map_trace(self.run, np.zeros(self.run.grid), ATTN_COLORS, name='CLS')])
-        _map_axes(fig, self.run)
-        fig.update_layout(width=340, height=340, margin=_MARGIN, title=dict(font_size=13))
-        return fig
+# --- building ------------------------------------------------------------------------------
+@patch
+def _build_overlay(self: ExploreFigures):
+    run = self.run; h, w = run.grid; ps = run.patch_size
+    fig = go.Figure([go.Image(source=run.image_uri(0) or data_uri(grey_image(h * ps, w * ps)), hoverinfo='skip'),
+                     _map_trace(run, np.zeros(run.grid), NORM_COLORS, opacity=0.55, name='norm',
+                                colorbar=dict(thickness=10, len=0.85, title=dict(text='norm', side='right'))),
+                     go.Scatter(x=[], y=[], mode='markers', name='outliers', hoverinfo='skip',
+                                marker=dict(symbol='x-thin-open', size=9, line=dict(width=2, color='#ff2020')))])
+    _map_axes(fig, run)
+    fig.update_layout(width=360, height=340, margin=_MARGIN, showlegend=False, title=dict(font_size=13))
+    return fig
 
-    def _build_registers(self):
-        R = self.run.n_registers
-        if not R: return _note_figure(f'{self.run.name}: no registers', 'register attention')
-        cols = min(R, 4)
-        return _tiled_figure(self.run, R, cols, [f'reg{i}' for i in range(R)], ATTN_COLORS, cell=130, colorbar_title='attn')
 
-    def _build_hist(self):
-        traces = [go.Scatter(x=[], y=[], mode='lines', line_shape='hv', name='patch tokens', line=dict(color='#444'),
-                             hovertemplate='norm %{x:.3g}: %{y} tokens<extra></extra>')]
-        for d in self.run.detectors:
-            s = DETECTOR_STYLE.get(d, {})
-            traces.append(go.Scatter(x=[], y=[], mode='lines', name=d, line=dict(width=2, **s),
-                                     hovertemplate=f'{d}: %{{x:.3g}}<extra></extra>'))
-        fig = go.Figure(traces)
-        fig.update_xaxes(type='log', title_text='patch-token norm (all probe images)')
-        fig.update_yaxes(type='log', title_text='tokens')
-        fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
-                          legend=dict(x=1, xanchor='right', y=1, bgcolor='rgba(255,255,255,0.6)'))
-        return fig
+@patch
+def _build_cls(self: ExploreFigures):
+    if not self.run.has_cls: return _note_figure(f'{self.run.name}: no CLS token', 'CLS attention')
+    fig = go.Figure([_map_trace(self.run, np.zeros(self.run.grid), ATTN_COLORS, name='CLS')])
+    _map_axes(fig, self.run)
+    fig.update_layout(width=340, height=340, margin=_MARGIN, title=dict(font_size=13))
+    return fig
 
-    def _build_ratio(self):
-        traces = [go.Scatter(x=np.array(self.run.epochs), y=np.zeros(len(self.run.epochs)), mode='lines+markers', name=d,
-                             marker_size=4, line=dict(width=2, **DETECTOR_STYLE.get(d, {}))) for d in self.run.detectors]
-        traces.append(go.Scatter(x=[], y=[], mode='lines', name='epoch', line=dict(color='black', width=1), showlegend=False,
-                                 hoverinfo='skip'))
-        fig = go.Figure(traces)
-        fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
-        fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
-                          legend=dict(x=0, y=1, bgcolor='rgba(255,255,255,0.6)'))
-        return fig
 
-    def _build_sinks(self):
-        run = self.run
-        fig = go.Figure([go.Heatmap(z=np.zeros((run.depth, run.n_heads)), x=list(range(run.n_heads)), y=list(range(run.depth)),
-                                    zmin=0, zmax=1, colorscale='Blues', colorbar=dict(thickness=10, title=dict(text='share', side='right')),
-                                    hovertemplate='block %{y}, head %{x}: %{z:.3f}<extra></extra>'),
-                         go.Scatter(x=[], y=[], mode='markers', hoverinfo='skip', showlegend=False,
-                                    marker=dict(symbol='square-open', size=14, line=dict(width=2, color='#d62728')))])
-        fig.update_xaxes(title_text='head', dtick=1); fig.update_yaxes(title_text='block', dtick=1, autorange='reversed')
-        fig.update_layout(width=300, height=340, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13))
-        return fig
+@patch
+def _build_registers(self: ExploreFigures):
+    R = self.run.n_registers
+    if not R: return _note_figure(f'{self.run.name}: no registers', 'register attention')
+    cols = min(R, 4)
+    return _tiled_figure(self.run, R, cols, [f'reg{i}' for i in range(R)], ATTN_COLORS, cell=130, colorbar_title='attn')
 
-    def _build_curves(self):
-        m, e = self.run.metrics, self.run.epochs
-        fig = make_subplots(rows=1, cols=2, subplot_titles=('loss', 'accuracy'), horizontal_spacing=0.12)
-        x = m['epoch'] if 'epoch' in m else []
-        for col, keys in ((1, ('train_loss', 'val_loss')), (2, ('val_acc1', 'val_acc5'))):
-            for k in keys:
-                if k in m: fig.add_trace(go.Scatter(x=np.asarray(x, np.float32), y=m[k].to_numpy(np.float32), mode='lines', name=k), 1, col)
-            fig.add_trace(go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
-                                     hoverinfo='skip', name='epoch'), 1, col)
-        fig.update_xaxes(title_text='epoch')
-        fig.update_layout(width=620, height=300, margin=dict(l=50, r=10, t=40, b=40), legend=dict(orientation='h', y=-0.3))
-        return fig
+# %% ../nbs/08a_figures.ipynb #d3eeb12d
+@patch
+def _build_hist(self: ExploreFigures):
+    traces = [go.Scatter(x=[], y=[], mode='lines', line_shape='hv', name='patch tokens', line=dict(color='#444'),
+                         hovertemplate='norm %{x:.3g}: %{y} tokens<extra></extra>')]
+    for d in self.run.detectors:
+        s = DETECTOR_STYLE.get(d, {})
+        traces.append(go.Scatter(x=[], y=[], mode='lines', name=d, line=dict(width=2, **s),
+                                 hovertemplate=f'{d}: %{{x:.3g}}<extra></extra>'))
+    fig = go.Figure(traces)
+    fig.update_xaxes(type='log', title_text='patch-token norm (all probe images)')
+    fig.update_yaxes(type='log', title_text='tokens')
+    fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
+                      legend=dict(x=1, xanchor='right', y=1, bgcolor='rgba(255,255,255,0.6)'))
+    return fig
 
-    def _build_layers(self):
-        run = self.run
-        return _tiled_figure(run, run.depth + 1, min(run.depth + 1, 7), [layer_name(run, l) for l in range(run.depth + 1)],
-                             NORM_COLORS, cell=100, colorbar_title='norm / median')
+# %% ../nbs/08a_figures.ipynb #7d905726
+@patch
+def _build_ratio(self: ExploreFigures):
+    traces = [go.Scatter(x=np.array(self.run.epochs), y=np.zeros(len(self.run.epochs)), mode='lines+markers', name=d,
+                         marker_size=4, line=dict(width=2, **DETECTOR_STYLE.get(d, {}))) for d in self.run.detectors]
+    traces.append(go.Scatter(x=[], y=[], mode='lines', name='epoch', line=dict(color='black', width=1), showlegend=False,
+                             hoverinfo='skip'))
+    fig = go.Figure(traces)
+    fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
+    fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
+                      legend=dict(x=0, y=1, bgcolor='rgba(255,255,255,0.6)'))
+    return fig
 
-    def _build_heads(self):
-        run = self.run
-        if not run.has_cls: return _note_figure(f'{run.name}: no CLS token', 'CLS attention of every head')
-        return _tiled_figure(run, run.n_heads, min(run.n_heads, 6), [f'head {i}' for i in range(run.n_heads)], ATTN_COLORS,
-                             cell=110, colorbar_title='attn')
 
-    # --- updating --------------------------------------------------------------------------------
-    def update(self, state: ViewState | None = None, **changes):
-        "Move every panel to `state` (or the current state with `changes`), each figure in one `batch_update`."
-        state = dataclasses.replace(state or self.state or ViewState(), **changes).resolved(self.run)
-        self.state = state
-        for name, fig in self.figs.items():
-            with fig.batch_update(): getattr(self, f'_update_{name}')(fig, state)
-        return self
+@patch
+def _build_sinks(self: ExploreFigures):
+    run = self.run
+    fig = go.Figure([go.Heatmap(z=np.zeros((run.depth, run.n_heads)), x=list(range(run.n_heads)), y=list(range(run.depth)),
+                                zmin=0, zmax=1, colorscale='Blues', colorbar=dict(thickness=10, title=dict(text='share', side='right')),
+                                hovertemplate='block %{y}, head %{x}: %{z:.3f}<extra></extra>'),
+                     go.Scatter(x=[], y=[], mode='markers', hoverinfo='skip', showlegend=False,
+                                marker=dict(symbol='square-open', size=14, line=dict(width=2, color='#d62728')))])
+    fig.update_xaxes(title_text='head', dtick=1); fig.update_yaxes(title_text='block', dtick=1, autorange='reversed')
+    fig.update_layout(width=300, height=340, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13))
+    return fig
+
+# %% ../nbs/08a_figures.ipynb #3a09c438
+@patch
+def _build_curves(self: ExploreFigures):
+    m, e = self.run.metrics, self.run.epochs
+    fig = make_subplots(rows=1, cols=2, subplot_titles=('loss', 'accuracy'), horizontal_spacing=0.12)
+    x = m['epoch'] if 'epoch' in m else []
+    for col, keys in ((1, ('train_loss', 'val_loss')), (2, ('val_acc1', 'val_acc5'))):
+        for k in keys:
+            if k in m: fig.add_trace(go.Scatter(x=np.asarray(x, np.float32), y=m[k].to_numpy(np.float32), mode='lines', name=k), 1, col)
+        fig.add_trace(go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
+                                 hoverinfo='skip', name='epoch'), 1, col)
+    fig.update_xaxes(title_text='epoch')
+    fig.update_layout(width=620, height=300, margin=dict(l=50, r=10, t=40, b=40), legend=dict(orientation='h', y=-0.3))
+    return fig
+
+# %% ../nbs/08a_figures.ipynb #b08b05a3
+@patch
+def _build_layers(self: ExploreFigures):
+    run = self.run
+    return _tiled_figure(run, run.depth + 1, min(run.depth + 1, 7), [layer_name(run, l) for l in range(run.depth + 1)],
+                         NORM_COLORS, cell=100, colorbar_title='norm / median')
+
+
+@patch
+def _build_heads(self: ExploreFigures):
+    run = self.run
+    if not run.has_cls: return _note_figure(f'{run.name}: no CLS token', 'CLS attention of every head')
+    return _tiled_figure(run, run.n_heads, min(run.n_heads, 6), [f'head {i}' for i in range(run.n_heads)], ATTN_COLORS,
+                         cell=110, colorbar_title='attn')
+
+
+# --- updating --------------------------------------------------------------------------------
+@patch
+def update(self: ExploreFigures, state: ViewState | None = None, **changes):
+    "Move every panel to `state` (or the current state with `changes`), each figure in one `batch_update`."
+    state = dataclasses.replace(state or self.state or ViewState(), **changes).resolved(self.run)
+    self.state = state
+    for name, fig in self.figs.items():
+        with fig.batch_update(): getattr(self, f'_update_{name}')(fig, state)
+    return self
 
 # %% ../nbs/08a_figures.ipynb #7ab67619
 @patch

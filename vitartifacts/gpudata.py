@@ -13,21 +13,22 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import mixup_target
 
 from .config import Config, DATA_CACHES, check_mixup_batch
-from .data import (DECODE_ERRORS, Data, class_folders, mixup_fn, probe_indices, scan_split, train_transform,
-                               world)
+from .data import (DECODE_ERRORS, Data, class_folders, mixup_fn, probe_indices, scan_split, to_rgb8,
+                               train_transform, world)
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'GATHER_THREADS', 'fit_to_slot', 'to_device', 'ImageCache', 'cache_on_gpu', 'cache_device',
-           'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps', 'resized_crop_batch',
-           'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch', 'BatchAugment',
-           'norm_constants', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup', 'CachedLoader',
-           'cached_data', 'pil_reference_transform']
+           'check_cache_target', 'prepare_cache', 'prepare_data_command', 'rrc_params', 'resample_taps',
+           'resized_crop_batch', 'grayscale_batch', 'solarize_batch', 'gaussian_blur_batch', 'color_jitter_batch',
+           'BatchAugment', 'norm_constants', 'normalize', 'center_crop_batch', 'reference_augment', 'BatchMixup',
+           'CachedLoader', 'cached_data', 'pil_reference_transform']
 
 # %% ../nbs/03a_gpudata.ipynb #da7171d2
 CACHE_VERSION = 1
@@ -35,7 +36,7 @@ CACHE_VERSION = 1
 # %% ../nbs/03a_gpudata.ipynb #9188fc49
 def fit_to_slot(img: Image.Image, short_side: int = 256, long_side: int = 320) -> tuple[np.ndarray, int, bool]:
     "The image as a uint8 slot `[3, short_side, long_side]` (landscape, edge-padded), its content width and whether it was transposed."
-    img = img.convert('RGB')
+    img = to_rgb8(img)
     w, h = img.size
     transposed = h > w
     new_long = max(short_side, int(short_side * max(w, h) / min(w, h)))   # torchvision Resize's rounding
@@ -82,36 +83,6 @@ class ImageCache:
     @property
     def long_side(self) -> int: return int(self.images.shape[3])
 
-    def sizes(self, idx) -> tuple[np.ndarray, np.ndarray]:
-        "Heights and widths of images `idx` in their original orientation."
-        w, t = self.widths[idx].numpy(), self.transposed[idx].numpy()
-        return np.where(t, w, self.short_side), np.where(t, self.short_side, w)
-
-    def batch(self, idx, device='cpu') -> tuple[Tensor, Tensor, Tensor]:
-        "Images `idx` as one uint8 tensor on `device`, with their widths and orientation there."
-        idx = np.asarray(idx)
-        device = torch.device(device)
-        if isinstance(self.images, Tensor):
-            images = self.images[to_device(idx, self.images.device)].to(device, non_blocking=True)
-        else:   # gathered straight into (pinned) memory, each image to its place, reading the memory map front to back
-            out = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=device.type == 'cuda')
-            rows = out.numpy()
-            def copy(ks):
-                for k in ks: rows[k] = self.images[idx[k]]   # numpy copies without the GIL: threads run in parallel
-            parts = np.array_split(np.argsort(idx, kind='stable'), min(GATHER_THREADS, max(1, len(idx) // 32)))
-            if len(parts) > 1: list(_gather_pool().map(copy, parts))
-            else: copy(parts[0])
-            images = out.to(device, non_blocking=True)
-        return images, to_device(self.widths[idx], device), to_device(self.transposed[idx], device)
-
-    def to(self, device) -> 'ImageCache':
-        "The cache with its images copied to `device` (in chunks, so a memory map is read once)."
-        device = torch.device(device)
-        out = torch.empty(tuple(self.images.shape), dtype=torch.uint8, device=device)
-        for s in range(0, len(self), 4096):
-            out[s:s + 4096] = torch.as_tensor(np.array(self.images[s:s + 4096])).to(device)
-        return ImageCache(out, self.labels, self.widths, self.transposed, self.classes)
-
     @classmethod
     def from_images(cls, images: Sequence, labels: Sequence[int], classes: Sequence[str] | None = None,
                     short_side: int = 256, long_side: int | None = None) -> 'ImageCache':
@@ -137,6 +108,42 @@ class ImageCache:
                     torch.from_numpy(np.load(path / 'widths.npy')), torch.from_numpy(np.load(path / 'transposed.npy')),
                     meta['classes'])
         return cache if device is None else cache.to(device)
+
+# %% ../nbs/03a_gpudata.ipynb #a9b41e83
+@patch
+def sizes(self: ImageCache, idx) -> tuple[np.ndarray, np.ndarray]:
+    "Heights and widths of images `idx` in their original orientation."
+    w, t = self.widths[idx].numpy(), self.transposed[idx].numpy()
+    return np.where(t, w, self.short_side), np.where(t, self.short_side, w)
+
+# %% ../nbs/03a_gpudata.ipynb #2a689adc
+@patch
+def batch(self: ImageCache, idx, device='cpu') -> tuple[Tensor, Tensor, Tensor]:
+    "Images `idx` as one uint8 tensor on `device`, with their widths and orientation there."
+    idx = np.asarray(idx)
+    device = torch.device(device)
+    if isinstance(self.images, Tensor):
+        images = self.images[to_device(idx, self.images.device)].to(device, non_blocking=True)
+    else:   # gathered straight into (pinned) memory, each image to its place, reading the memory map front to back
+        out = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=device.type == 'cuda')
+        rows = out.numpy()
+        def copy(ks):
+            for k in ks: rows[k] = self.images[idx[k]]   # numpy copies without the GIL: threads run in parallel
+        parts = np.array_split(np.argsort(idx, kind='stable'), min(GATHER_THREADS, max(1, len(idx) // 32)))
+        if len(parts) > 1: list(_gather_pool().map(copy, parts))
+        else: copy(parts[0])
+        images = out.to(device, non_blocking=True)
+    return images, to_device(self.widths[idx], device), to_device(self.transposed[idx], device)
+
+# %% ../nbs/03a_gpudata.ipynb #f8a55de8
+@patch
+def to(self: ImageCache, device) -> 'ImageCache':
+    "The cache with its images copied to `device` (in chunks, so a memory map is read once)."
+    device = torch.device(device)
+    out = torch.empty(tuple(self.images.shape), dtype=torch.uint8, device=device)
+    for s in range(0, len(self), 4096):
+        out[s:s + 4096] = torch.as_tensor(np.array(self.images[s:s + 4096])).to(device)
+    return ImageCache(out, self.labels, self.widths, self.transposed, self.classes)
 
 # %% ../nbs/03a_gpudata.ipynb #117ecbd7
 def cache_on_gpu(nbytes: int, free_bytes: int, choice: str = 'auto', share: float = 0.5) -> bool:
@@ -177,11 +184,23 @@ def _image_folder(root: Path, classes: Sequence[str] | None, skip_corrupt: bool)
     label = [classes.index(c) for c in found]
     return [(path, label[i]) for path, i in samples], classes, skipped
 
+# %% ../nbs/03a_gpudata.ipynb #7e7c0002
+def check_cache_target(root, out, overwrite: bool = False):
+    "Raise unless the cache folder `out` may be written for the dataset `root`: apart from it, and new or a cache."
+    root, out = Path(root).resolve(), Path(out).resolve()
+    if out == root or out.is_relative_to(root) or root.is_relative_to(out):
+        where = 'is' if out == root else 'is inside' if out.is_relative_to(root) else 'contains'
+        raise ValueError(f"The cache folder {out} {where} the dataset {root}; write the cache to a folder of its own.")
+    if overwrite and out.exists() and not (out / 'meta.json').is_file() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not an image cache (no meta.json), so overwrite does not replace it; "
+                              "nothing was removed. Pass another --out.")
+
 # %% ../nbs/03a_gpudata.ipynb #e7c1bb55
 def prepare_cache(root, out, short_side: int = 256, long_side: int | None = None, classes: Sequence[str] | None = None,
                   num_workers: int | None = None, overwrite: bool = False, skip_corrupt: bool = False) -> Path:
     "Decode the ImageFolder `root` once into a uint8 cache folder `out`; returns `out`."
     root, out = Path(root), Path(out)
+    check_cache_target(root, out, overwrite)
     long_side = long_side or round(1.25 * short_side)
     if long_side < short_side: raise ValueError(f"long_side={long_side} must be at least short_side={short_side}.")
     samples, classes, unreadable = _image_folder(root, classes, skip_corrupt)
@@ -249,6 +268,7 @@ def prepare_data_command(root, out, img_size: int = 224, num_workers: int | None
     root, out = Path(root), Path(out)
     if not (root / 'train').is_dir():
         raise FileNotFoundError(f"{root} has no train/ folder; prepare-data expects ROOT/train and ROOT/val ImageFolders.")
+    check_cache_target(root, out)            # apart from the dataset; each split's folder is checked as it is replaced
     short_side = round(img_size * 256 / 224)
     kw = dict(short_side=short_side, num_workers=num_workers, overwrite=overwrite, skip_corrupt=skip_corrupt)
     prepare_cache(root / 'train', out / 'train', **kw)
@@ -519,69 +539,79 @@ class BatchMixup:
         self.mode, self.label_smoothing, self.num_classes, self.correct_lam = mode, label_smoothing, num_classes, correct_lam
         self._mix = torch.compile(_mix_pixels, dynamic=False) if compile else _mix_pixels
 
-    def _lam(self, rng, n: int):
-        "timm's `_params_per_elem`: lambdas (float32) and which samples use CutMix."
-        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
-            use_cutmix = rng.random(n) < self.switch_prob
-            lam = np.where(use_cutmix, rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=n),
-                           rng.beta(self.mixup_alpha, self.mixup_alpha, size=n))
-        elif self.mixup_alpha > 0: use_cutmix, lam = np.zeros(n, bool), rng.beta(self.mixup_alpha, self.mixup_alpha, size=n)
-        else: use_cutmix, lam = np.ones(n, bool), rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=n)
-        return np.where(rng.random(n) < self.prob, lam.astype(np.float32), np.float32(1.0)), use_cutmix
-
-    def _lam_batch(self, rng):
-        "timm's `_params_per_batch`."
-        lam, use_cutmix = 1.0, False
-        if rng.random() < self.prob:
-            if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
-                use_cutmix = rng.random() < self.switch_prob
-                a = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-                lam = float(rng.beta(a, a))
-            elif self.mixup_alpha > 0: lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
-            else: use_cutmix, lam = True, float(rng.beta(self.cutmix_alpha, self.cutmix_alpha))
-        return np.array([lam], np.float64), np.array([use_cutmix])
-
-    def _boxes(self, rng, lam, use_cutmix, H: int, W: int):
-        "timm's `rand_bbox` for the CutMix samples, in sample order (one centre y, x pair each), and the corrected lambdas."
-        cut = use_cutmix & (lam != 1.0)
-        box = np.zeros((len(lam), 4), np.int64)                   # yl, yh, xl, xh; empty where not cut
-        n = int(cut.sum())
-        if n:
-            ratio = np.sqrt(1 - lam[cut])        # float32 in 'elem'/'pair' mode, float64 in 'batch', as in timm
-            cut_h, cut_w = (H * ratio).astype(np.int64), (W * ratio).astype(np.int64)
-            high = np.tile([H, W], n)
-            cy, cx = (rng.integers(0, high) if hasattr(rng, 'integers') else rng.randint(0, high)).reshape(n, 2).T
-            box[cut] = np.stack([np.clip(cy - cut_h // 2, 0, H), np.clip(cy + (cut_h + 1) // 2, 0, H),
-                                 np.clip(cx - cut_w // 2, 0, W), np.clip(cx + (cut_w + 1) // 2, 0, W)], 1)
-            if self.correct_lam:
-                lam = lam.copy()
-                lam[cut] = 1.0 - (box[cut, 1] - box[cut, 0]) * (box[cut, 3] - box[cut, 2]) / float(H * W)
-        return box, lam
-
-    def sample(self, rng, batch_size: int, H: int, W: int) -> dict:
-        "The lambdas, CutMix flags and boxes of a batch (numpy, on the host)."
-        if self.mode == 'batch':
-            lam, use_cutmix = self._lam_batch(rng)
-            box, lam = self._boxes(rng, lam, use_cutmix, H, W) if lam[0] != 1.0 else (np.zeros((1, 4), np.int64), lam)
-            lam, use_cutmix, box = lam.repeat(batch_size), use_cutmix.repeat(batch_size), box.repeat(batch_size, 0)
-        else:
-            n = batch_size // 2 if self.mode == 'pair' else batch_size
-            lam, use_cutmix = self._lam(rng, n)
-            box, lam = self._boxes(rng, lam, use_cutmix, H, W)
-            if self.mode == 'pair':     # image B-1-i shares the draw of image i
-                lam, use_cutmix, box = (np.concatenate([a, a[::-1]]) for a in (lam, use_cutmix, box))
-        return dict(lam=lam.astype(np.float32), use_cutmix=use_cutmix, box=box)
-
-    def apply(self, x: Tensor, target: Tensor, params: dict) -> tuple[Tensor, Tensor]:
-        "Mixed images and soft targets, with parameters from `sample`."
-        p = _to(params, x.device)
-        return self._mix(x, p['lam'], p['use_cutmix'], p['box']), \
-               mixup_target(target, self.num_classes, p['lam'].view(-1, 1), self.label_smoothing)
-
     def __call__(self, x: Tensor, target: Tensor, rng=None) -> tuple[Tensor, Tensor]:
         "Mix a batch; `rng` is a numpy Generator or RandomState, by default numpy's global one (as timm)."
         check_mixup_batch(len(x), self.mixup_alpha, self.cutmix_alpha)
         return self.apply(x, target, self.sample(rng if rng is not None else np.random.mtrand._rand, len(x), x.shape[2], x.shape[3]))
+
+# %% ../nbs/03a_gpudata.ipynb #bccc9bc1
+@patch
+def _lam(self: BatchMixup, rng, n: int):
+    "timm's `_params_per_elem`: lambdas (float32) and which samples use CutMix."
+    if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+        use_cutmix = rng.random(n) < self.switch_prob
+        lam = np.where(use_cutmix, rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=n),
+                       rng.beta(self.mixup_alpha, self.mixup_alpha, size=n))
+    elif self.mixup_alpha > 0: use_cutmix, lam = np.zeros(n, bool), rng.beta(self.mixup_alpha, self.mixup_alpha, size=n)
+    else: use_cutmix, lam = np.ones(n, bool), rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=n)
+    return np.where(rng.random(n) < self.prob, lam.astype(np.float32), np.float32(1.0)), use_cutmix
+
+
+@patch
+def _lam_batch(self: BatchMixup, rng):
+    "timm's `_params_per_batch`."
+    lam, use_cutmix = 1.0, False
+    if rng.random() < self.prob:
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            use_cutmix = rng.random() < self.switch_prob
+            a = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+            lam = float(rng.beta(a, a))
+        elif self.mixup_alpha > 0: lam = float(rng.beta(self.mixup_alpha, self.mixup_alpha))
+        else: use_cutmix, lam = True, float(rng.beta(self.cutmix_alpha, self.cutmix_alpha))
+    return np.array([lam], np.float64), np.array([use_cutmix])
+
+# %% ../nbs/03a_gpudata.ipynb #404a67e8
+@patch
+def _boxes(self: BatchMixup, rng, lam, use_cutmix, H: int, W: int):
+    "timm's `rand_bbox` for the CutMix samples, in sample order (one centre y, x pair each), and the corrected lambdas."
+    cut = use_cutmix & (lam != 1.0)
+    box = np.zeros((len(lam), 4), np.int64)                   # yl, yh, xl, xh; empty where not cut
+    n = int(cut.sum())
+    if n:
+        ratio = np.sqrt(1 - lam[cut])        # float32 in 'elem'/'pair' mode, float64 in 'batch', as in timm
+        cut_h, cut_w = (H * ratio).astype(np.int64), (W * ratio).astype(np.int64)
+        high = np.tile([H, W], n)
+        cy, cx = (rng.integers(0, high) if hasattr(rng, 'integers') else rng.randint(0, high)).reshape(n, 2).T
+        box[cut] = np.stack([np.clip(cy - cut_h // 2, 0, H), np.clip(cy + (cut_h + 1) // 2, 0, H),
+                             np.clip(cx - cut_w // 2, 0, W), np.clip(cx + (cut_w + 1) // 2, 0, W)], 1)
+        if self.correct_lam:
+            lam = lam.copy()
+            lam[cut] = 1.0 - (box[cut, 1] - box[cut, 0]) * (box[cut, 3] - box[cut, 2]) / float(H * W)
+    return box, lam
+
+# %% ../nbs/03a_gpudata.ipynb #8c895b52
+@patch
+def sample(self: BatchMixup, rng, batch_size: int, H: int, W: int) -> dict:
+    "The lambdas, CutMix flags and boxes of a batch (numpy, on the host)."
+    if self.mode == 'batch':
+        lam, use_cutmix = self._lam_batch(rng)
+        box, lam = self._boxes(rng, lam, use_cutmix, H, W) if lam[0] != 1.0 else (np.zeros((1, 4), np.int64), lam)
+        lam, use_cutmix, box = lam.repeat(batch_size), use_cutmix.repeat(batch_size), box.repeat(batch_size, 0)
+    else:
+        n = batch_size // 2 if self.mode == 'pair' else batch_size
+        lam, use_cutmix = self._lam(rng, n)
+        box, lam = self._boxes(rng, lam, use_cutmix, H, W)
+        if self.mode == 'pair':     # image B-1-i shares the draw of image i
+            lam, use_cutmix, box = (np.concatenate([a, a[::-1]]) for a in (lam, use_cutmix, box))
+    return dict(lam=lam.astype(np.float32), use_cutmix=use_cutmix, box=box)
+
+# %% ../nbs/03a_gpudata.ipynb #27f8d8c7
+@patch
+def apply(self: BatchMixup, x: Tensor, target: Tensor, params: dict) -> tuple[Tensor, Tensor]:
+    "Mixed images and soft targets, with parameters from `sample`."
+    p = _to(params, x.device)
+    return self._mix(x, p['lam'], p['use_cutmix'], p['box']), \
+           mixup_target(target, self.num_classes, p['lam'].view(-1, 1), self.label_smoothing)
 
 # %% ../nbs/03a_gpudata.ipynb #c8bd44d8
 class CachedLoader:
@@ -604,48 +634,14 @@ class CachedLoader:
     @property
     def sampler(self): return self                 # so a trainer's `loader.sampler.set_epoch(e)` reaches us
 
-    def _per_rank(self) -> int:
-        "Images this process takes per epoch: an equal share for training (drop_last), all of its shard otherwise."
-        n = len(self.cache)
-        return n // self.world_size if self.drop_last else len(range(self.rank, n, self.world_size))
     def __len__(self):
         n = self._per_rank()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int):
-        "Start epoch `epoch` from its first batch."
-        self.epoch, self.step = epoch, 0
-
-    def indices(self, epoch: int) -> np.ndarray:
-        "This process's sample order in `epoch`."
-        n = len(self.cache)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        if not self.drop_last: return order[self.rank::self.world_size]   # evaluation: every image once over all processes
-        return order[:self._per_rank() * self.world_size][self.rank::self.world_size]
-
-    def _epoch_indices(self, epoch: int) -> np.ndarray:
-        "`indices(epoch)`, drawn once per epoch: a permutation of ImageNet-1k's 1.28M images takes about 40 ms."
-        if self._order[0] != epoch: self._order = (epoch, self.indices(epoch))
-        return self._order[1]
 
     def state_dict(self) -> dict: return dict(epoch=self.epoch, step=self.step, seed=self.seed)
     def load_state_dict(self, state: dict):
         if state['seed'] != self.seed: raise ValueError(f"The loader state has seed {state['seed']}, this loader {self.seed}.")
         self.epoch, self.step = state['epoch'], state['step']
-
-    def batch(self, epoch: int, step: int) -> tuple[Tensor, Tensor]:
-        "Batch `step` of `epoch`."
-        idx = self._epoch_indices(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, epoch, step, self.rank])
-        images, widths, transposed = self.cache.batch(idx, self.device)
-        labels = to_device(self.cache.labels[idx], self.device)
-        if self.augment is None:
-            return center_crop_batch(images, widths, transposed, self.img_size, out_dtype=self.out_dtype), labels
-        h, w = self.cache.sizes(idx)
-        x = self.augment.apply(images, transposed, self.augment.sample(rng, h, w))
-        if self.mixup is None: return x.to(self.out_dtype), labels
-        x, targets = self.mixup.apply(x, labels, self.mixup.sample(rng, len(x), x.shape[2], x.shape[3]))
-        return x.to(self.out_dtype), targets
 
     def __iter__(self):
         epoch, n = self.epoch, len(self)
@@ -665,6 +661,51 @@ class CachedLoader:
             ahead = make(self.step) if self.prefetch and self.step < n else None   # queued before this step's work
             yield out
         self.epoch, self.step = epoch + 1, 0
+
+# %% ../nbs/03a_gpudata.ipynb #64c7505b
+@patch
+def _per_rank(self: CachedLoader) -> int:
+    "Images this process takes per epoch: an equal share for training (drop_last), all of its shard otherwise."
+    n = len(self.cache)
+    return n // self.world_size if self.drop_last else len(range(self.rank, n, self.world_size))
+
+
+@patch
+def set_epoch(self: CachedLoader, epoch: int):
+    "Start epoch `epoch` from its first batch."
+    self.epoch, self.step = epoch, 0
+
+
+@patch
+def indices(self: CachedLoader, epoch: int) -> np.ndarray:
+    "This process's sample order in `epoch`."
+    n = len(self.cache)
+    order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    if not self.drop_last: return order[self.rank::self.world_size]   # evaluation: every image once over all processes
+    return order[:self._per_rank() * self.world_size][self.rank::self.world_size]
+
+
+@patch
+def _epoch_indices(self: CachedLoader, epoch: int) -> np.ndarray:
+    "`indices(epoch)`, drawn once per epoch: a permutation of ImageNet-1k's 1.28M images takes about 40 ms."
+    if self._order[0] != epoch: self._order = (epoch, self.indices(epoch))
+    return self._order[1]
+
+# %% ../nbs/03a_gpudata.ipynb #c193e19f
+@patch
+def batch(self: CachedLoader, epoch: int, step: int) -> tuple[Tensor, Tensor]:
+    "Batch `step` of `epoch`."
+    idx = self._epoch_indices(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+    rng = np.random.default_rng([self.seed, epoch, step, self.rank])
+    images, widths, transposed = self.cache.batch(idx, self.device)
+    labels = to_device(self.cache.labels[idx], self.device)
+    if self.augment is None:
+        return center_crop_batch(images, widths, transposed, self.img_size, out_dtype=self.out_dtype), labels
+    h, w = self.cache.sizes(idx)
+    x = self.augment.apply(images, transposed, self.augment.sample(rng, h, w))
+    if self.mixup is None: return x.to(self.out_dtype), labels
+    x, targets = self.mixup.apply(x, labels, self.mixup.sample(rng, len(x), x.shape[2], x.shape[3]))
+    return x.to(self.out_dtype), targets
 
 # %% ../nbs/03a_gpudata.ipynb #9a7c0002
 def cached_data(cfg: Config, device: torch.device) -> Data:

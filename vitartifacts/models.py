@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_models.ipynb #5e1c1ca0
 from __future__ import annotations
-import math
+import math, warnings
 from pathlib import Path
 
 import torch
@@ -152,9 +152,12 @@ def read_state_dict(path: Path) -> dict:
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
             return load_file(str(path))
-        sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"Weights file {path} could not be read as safetensors or a torch checkpoint ({e}).") from None
+        with warnings.catch_warnings():      # torch's remarks on an odd pickle would stand before our one sentence
+            warnings.simplefilter('ignore')
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:   # torch's message would advise weights_only=False, which runs any code the file holds
+        raise ValueError(f"Weights file {path} could not be read as safetensors or as a checkpoint of tensors that loads "
+                         f"safely ({type(e).__name__}); it was not loaded.") from None
     for key in ('model', 'state_dict', 'model_ema', 'teacher'):  # our checkpoints, DeiT, timm, DINO
         if isinstance(sd, dict) and isinstance(sd.get(key), dict): sd = sd[key]; break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -12,17 +12,28 @@ from torchvision.datasets import ImageFolder
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import data
-from .data import val_transform, probe_indices
+from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8
 from .models import build_probe_model
 from .probe import ProbeResult, MassiveActivations, probe
+from .runs import RunLocked, lock_holder
 from .store import ProbeStore
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'PROBE_SETS', 'model_normalization', 'read_image_folder', 'named_probe_set', 'probe_in_batches',
-           'probe_command']
+__all__ = ['IMAGE_SUFFIXES', 'MAX_IMG_SIZE', 'PROBE_SETS', 'model_normalization', 'read_image_folder', 'named_probe_set',
+           'probe_in_batches', 'probe_command']
 
 # %% ../nbs/06a_probing.ipynb #c6a0b006
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm')
+MAX_IMG_SIZE = 4096   # a probe image of 4096 px already makes a ViT-S/16 attention map of 65,536 tokens squared
+
+
+def _read_image(path: Path) -> Image.Image:
+    "One image of a probe folder as 8-bit RGB, or one sentence naming the file that is not an image."
+    try:
+        im = Image.open(path); im.load()
+        return to_rgb8(im)
+    except DECODE_ERRORS as e:
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}); remove it from the folder or fix it.") from None
 
 
 def model_normalization(model) -> tuple[tuple, tuple]:
@@ -38,7 +49,7 @@ def read_image_folder(folder: Path | str, img_size: int, n_images: int = 64, mea
     if not files: raise FileNotFoundError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     files = [files[i] for i in probe_indices(len(files), min(n_images, len(files)), seed).tolist()]
     tf = val_transform(img_size, mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD)
-    x = torch.stack([tf(Image.open(p).convert('RGB')) for p in files])
+    x = torch.stack([tf(_read_image(p)) for p in files])
     if not all(p.parent != folder for p in files): return x, None
     classes = sorted({p.relative_to(folder).parts[0] for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.parent != folder})
     return x, torch.tensor([classes.index(p.relative_to(folder).parts[0]) for p in files])
@@ -92,6 +103,9 @@ def probe_command(
     save_weights: bool = False,     # also store the weights (bf16) with the probe
 ) -> ProbeStore:
     "Probe `images` with the model in `weights` and write the probe store to `out`: `vitartifacts probe`."
+    if n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1: the probe needs an image.")
+    if img_size is not None and not 8 <= img_size <= MAX_IMG_SIZE:
+        raise ValueError(f"img_size={img_size} must be from 8 to {MAX_IMG_SIZE} pixels.")
     net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
                                   patch_size=patch_size, num_classes=num_classes)
     net = net.to(device)
@@ -100,8 +114,13 @@ def probe_command(
     if Path(images).is_dir(): x, labels = read_image_folder(images, size_px, n_images, mean, std)
     elif Path(images).exists(): raise ValueError(f"images={str(images)!r} is a file; pass a folder of images or a probe set name.")
     else: x, labels = named_probe_set(str(images), size_px, n_images, mean, std)
-    result = probe_in_batches(net, x, batch_size)
     store = ProbeStore(out, attn_dtype=attn_dtype)
+    holder = lock_holder(out)
+    if holder: raise RunLocked(f"Run folder {out} is in use by {holder}; probe into another --out, or once that run has ended.")
+    if (store.root / 'index.json').exists() and epoch in store.epochs:
+        raise FileExistsError(f"{store.root} already holds probe epoch {epoch}; pass another --epoch to add this probe "
+                              f"to the store (stored: {store.epochs}), or another --out.")
+    result = probe_in_batches(net, x, batch_size)
     store.append(epoch, result, images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
                  model_info=dict(weights=str(Path(weights).resolve()), **info))
     return store

@@ -20,7 +20,8 @@ from .figures import (ExploreFigures, ViewState, weight_views, rollout_figure, p
                                   runs_ratio_figure, grey_image)
 
 # %% auto #0
-__all__ = ['report_epochs', 'run_report_data', 'report_asset', 'report_html', 'write_report', 'report_command']
+__all__ = ['REPORT_MARK', 'report_epochs', 'run_report_data', 'report_asset', 'is_report', 'report_html', 'write_report',
+           'report_command']
 
 # %% ../nbs/08c_report.ipynb #0ab221e0
 def _b64(a) -> dict:
@@ -90,6 +91,21 @@ def report_asset(name: str) -> str:
     "The text of one of the page's files shipped with the package (`vitartifacts/assets/report.js`, `report.css`)."
     return (importlib.resources.files('vitartifacts') / 'assets' / name).read_text(encoding='utf-8')
 
+# %% ../nbs/08c_report.ipynb #e2e2e002
+REPORT_MARK = '<meta name="generator" content="vitartifacts report">'
+
+
+def is_report(path: Path | str) -> bool:
+    "Whether the file at `path` is a report this project wrote (its head holds `REPORT_MARK`; older ones, its data and script)."
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4096)
+            if REPORT_MARK.encode() in head: return True
+            if not head.lower().startswith(b'<!doctype html>'): return False
+            rest = head + f.read()                         # a report from before the mark: its data block and its script
+        return b'<script type="application/json" id="report-data">' in rest and b'window.vitartifactsReport' in rest
+    except OSError: return False
+
 # %% ../nbs/08c_report.ipynb #7f2aaace
 def _options(values, selected=None, labels=None) -> str:
     labels = labels or [str(v) for v in values]
@@ -110,7 +126,7 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
     payload = dict(runs=list(datas), epochs=epochs, ratio_all=_figure_json(ratio_all), static_figures=static_figs,
                    template=json.loads(pio.to_json(go.Figure()))['layout'].get('template', {}))
     esc = lambda s: html.escape(str(s))
-    parts = [f'<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{report_asset("report.css")}</style>',
+    parts = [f'<!doctype html><html><head><meta charset="utf-8">{REPORT_MARK}<title>{esc(title)}</title><style>{report_asset("report.css")}</style>',
              f'<script>{get_plotlyjs()}</script></head><body>',
              f'<h1>{esc(title)}</h1><p class="note">{len(runs)} run(s): {esc(", ".join(f"{r.name} ({r.variant})" for r in runs))}. '
              f'Written {time.strftime("%Y-%m-%d %H:%M")}; {max(len(d["epochs"]) for d in datas)} probe epochs and '
@@ -162,6 +178,8 @@ def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, m
     out = Path(out)
     if out.is_dir(): raise ValueError(f"Report path {out} is a folder; pass a file name such as {out / 'report.html'}.")
     if not out.parent.exists(): raise FileNotFoundError(f"Folder {out.parent} for the report does not exist; create it first.")
+    if out.exists() and not is_report(out):
+        raise FileExistsError(f"{out} exists and is not a report this project wrote, so it is not replaced; pass another -o.")
     runs = [RunView(r, detectors) for r in run_dirs]
     tab = compare_runs(run_dirs, detectors[0]) if table else None
     page = report_html(runs, n_images, max_epochs, tab, gif, weights, title)

@@ -4,13 +4,14 @@
 
 # %% ../nbs/00a_runs.ipynb #a1b2c303
 from __future__ import annotations
-import dataclasses, json, os, shutil, tempfile, warnings
+import contextlib, dataclasses, fcntl, json, os, shutil, socket, tempfile, time, warnings
 from pathlib import Path
 
 from .config import Config
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'keep_copy', 'holds_run', 'check_run_dir',
+__all__ = ['RUN_LOCK', 'RUN_ENTRIES', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'keep_copy',
+           'RunLocked', 'lock_holder', 'run_lock', 'holds_run', 'holds_project_run', 'foreign_entries', 'check_run_dir',
            'make_run_dir', 'prepare_run_dir', 'read_metrics', 'write_metrics', 'run_settings', 'find_runs',
            'runs_folder']
 
@@ -51,25 +52,94 @@ def atomic_save(obj, path: Path):
 # %% ../nbs/00a_runs.ipynb #a1b2c312
 def keep_copy(src: Path, dst: Path):
     "`dst` as a snapshot of `src`: a hard link (free, and untouched when `src` is replaced) or a copy."
+    if dst.exists() and os.path.samefile(src, dst): return   # already this snapshot (a rename of a link onto itself would leave the link)
     tmp = dst.with_name(f'.{dst.name}.tmp')
     tmp.unlink(missing_ok=True)
     try: os.link(src, tmp)
     except OSError: shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
+# %% ../nbs/00a_runs.ipynb #a1b2c341
+RUN_LOCK = '.lock'                                   # the lock file of a run folder
+_HELD: dict[str, str] = {}                           # lock files this process holds -> what they say about it
+
+
+class RunLocked(FileExistsError):
+    "The run folder is in use by another process."
+
+
+def lock_holder(run_dir: Path | str, mine: bool = True) -> str | None:
+    "Who holds the lock of `run_dir` ('pid N on HOST since TIME'), or None when no process does (or only this one, without `mine`)."
+    path = Path(run_dir) / RUN_LOCK
+    if str(path.resolve()) in _HELD: return _HELD[str(path.resolve())] if mine else None   # opening it here would drop it
+    try: fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError: return None
+    try:
+        try: fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError: return os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'another process'
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return None
+    finally: os.close(fd)
+
+# %% ../nbs/00a_runs.ipynb #a1b2c342
+@contextlib.contextmanager
+def run_lock(run_dir: Path | str):
+    "Hold the lock of `run_dir` while the block runs (creating the folder); refuse with `RunLocked` when another process holds it."
+    run_dir = Path(run_dir)
+    holder = lock_holder(run_dir)
+    if holder: raise RunLocked(f"Run folder {run_dir} is in use by {holder}; wait for that run to end, or pick another run_name.")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunLocked(f"Run folder {run_dir} is in use by {os.pread(fd, 4096, 0).decode(errors='replace').strip() or 'another process'}; "
+                            "wait for that run to end, or pick another run_name.") from None
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.ftruncate(fd, 0); os.pwrite(fd, me.encode(), 0)
+        _HELD[str(path.resolve())] = me
+        try: yield run_dir
+        finally:
+            del _HELD[str(path.resolve())]
+            os.ftruncate(fd, 0)
+            if created and os.listdir(run_dir) == [RUN_LOCK]: path.unlink(); run_dir.rmdir()   # a start that failed at once
+    finally: os.close(fd)                                   # closing the file drops the lock
+
 # %% ../nbs/00a_runs.ipynb #a1b2c315
+RUN_ENTRIES = ('config.yaml', 'metrics.jsonl', 'checkpoints', 'probes', 'report.html', 'wandb', 'tensorboard',
+               '.analysis_cache', '.views_cache.npz')   # what a run of this project writes into its folder
+
+
 def holds_run(run_dir: Path) -> bool:
     "Whether `run_dir` already holds (part of) a training run."
     return any((run_dir / n).exists() for n in ('config.yaml', 'metrics.jsonl', 'checkpoints'))
+
+
+def holds_project_run(run_dir: Path) -> bool:
+    "Whether `run_dir` holds a run this project wrote: a `config.yaml` that reads as our settings."
+    try: Config.load(Path(run_dir) / 'config.yaml'); return True
+    except (OSError, ValueError): return False
+
+
+def foreign_entries(run_dir: Path) -> list[str]:
+    "What `run_dir` holds that a run of this project does not write (notebooks and our lock aside)."
+    if not Path(run_dir).is_dir(): return []
+    return sorted(p.name for p in Path(run_dir).iterdir()
+                  if p.name not in RUN_ENTRIES and p.suffix != '.ipynb' and p.name != RUN_LOCK)
 
 # %% ../nbs/00a_runs.ipynb #a1b2c316
 def check_run_dir(cfg: Config):
     "Raise if `cfg` may not start in its run folder (needs a resolved `run_name`)."
     run_dir = cfg.run_dir
+    holder = lock_holder(run_dir, mine=False)     # a training start of this process holds it already
+    if holder: raise RunLocked(f"Run folder {run_dir} is in use by {holder}; wait for that run to end, or pick another run_name.")
     if cfg.resume:
         if not (run_dir / 'checkpoints' / 'latest.pt').exists():
-            raise FileNotFoundError(f"Cannot resume: {run_dir / 'checkpoints' / 'latest.pt'} does not exist; "
-                                    "start the run without resume.")
+            again = ("the run stopped before its first checkpoint; pass overwrite=True instead of resume to start it again"
+                     if holds_run(run_dir) else "start the run without resume")
+            raise FileNotFoundError(f"Cannot resume: {run_dir / 'checkpoints' / 'latest.pt'} does not exist; {again}.")
         saved = Config.load(run_dir / 'config.yaml')
         changed = cfg.training_diff(saved)
         if changed:
@@ -77,18 +147,27 @@ def check_run_dir(cfg: Config):
             raise ValueError(f"Cannot resume {run_dir}: settings differ from its config.yaml: {diffs}; "
                              "pass the saved values or start a new run.")
     elif holds_run(run_dir) and not cfg.overwrite:
+        if not (run_dir / 'checkpoints' / 'latest.pt').exists():   # resume would fail: say what works
+            raise FileExistsError(f"Run folder {run_dir} already holds a run that stopped before its first checkpoint; "
+                                  "pass overwrite=True to start it again, or another run_name.")
         raise FileExistsError(f"Run folder {run_dir} already holds a run; pass resume=True to continue it, "
                               "overwrite=True to replace it, or another run_name.")
+    elif cfg.overwrite and run_dir.exists() and foreign_entries(run_dir) and not holds_project_run(run_dir):
+        names = ', '.join(foreign_entries(run_dir)[:5])
+        raise FileExistsError(f"Cannot overwrite {run_dir}: it holds no run of this project (no readable config.yaml) "
+                              f"but other files ({names}); nothing was removed. Pick another run_name.")
 
 # %% ../nbs/00a_runs.ipynb #a1b2c318
 def make_run_dir(cfg: Config) -> Path:
-    "Clear the run folder on overwrite, create it and write config.yaml, once `check_run_dir(cfg)` has passed."
+    "Clear the run's own files on overwrite (`RUN_ENTRIES`), create the folder and write config.yaml, once `check_run_dir(cfg)` has passed."
     run_dir = cfg.run_dir
     if cfg.overwrite and run_dir.exists():
-        for p in run_dir.iterdir():
-            if p.suffix == '.ipynb': continue
+        for p in run_dir.iterdir():            # what a run writes, and nothing else: a user's own files stay
+            if p.name not in RUN_ENTRIES: continue
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     (run_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
+    for d in (run_dir, run_dir / 'checkpoints', run_dir / 'probes'):   # temporaries of a write that a kill cut short
+        for p in d.glob('.*.tmp') if d.is_dir() else []: p.unlink()
     cfg.save(run_dir / 'config.yaml')
     return run_dir
 

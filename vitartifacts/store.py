@@ -138,6 +138,11 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
     if old and old['layout'] != result.layout.to_dict():
         raise ValueError(f"the probe result's token layout {result.layout.to_dict()} differs from the one stored "
                          f"in {index}; write this model's probes to another run folder.")
+    shape = dict(depth=result.depth, n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]))
+    differ = [f'{k} {old[k]} -> {v}' for k, v in shape.items() if old and old.get(k) != v]
+    if differ:   # one store, one shape: an epoch of another shape would leave every reader of the store failing
+        raise ValueError(f"the probe result does not fit the store in {self.root} ({', '.join(differ)}); "
+                         "write this probe to another folder.")
     meta = dict(version=1, layout=result.layout.to_dict(), depth=result.depth,
                 n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]),
                 num_classes=int(result.logits.shape[-1]), attn_dtype=attn_dtype,

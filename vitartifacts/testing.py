@@ -122,6 +122,23 @@ def _softmax(x, axis=-1):
     np.exp(x, out=x)
     return x / x.sum(axis, keepdims=True)
 
+# %% ../nbs/11_testing.ipynb #e1e1e033
+def _fabricated_records(run_dir: Path, model: str, total: int, epoch_step: int, depth: int, n_heads: int,
+                        n_registers: int, grid: tuple[int, int], patch_size: int, rng):
+    "A made-up run's metrics.jsonl (epochs 1..total: loss falling, accuracy rising, the cosine lr) and config.yaml."
+    e = np.arange(1, total + 1)
+    curve = 1 - np.exp(-e / (0.2 * total + 1))
+    noise = lambda s: rng.normal(0, s, len(e))
+    lr = 1e-6 + 0.5 * 4e-3 * (1 + np.cos(np.pi * e / total))
+    lines = [dict(epoch=int(ep), train_loss=float(a), val_loss=float(b), val_acc1=float(c), val_acc5=float(d), lr=float(l))
+             for ep, a, b, c, d, l in zip(e, 0.03 + 0.04 * (1 - curve) + noise(0.001), 4.6 - 3.4 * curve + noise(0.02),
+                                          np.clip(0.78 * curve + noise(0.005), 0, 1), np.clip(0.94 * curve + noise(0.003), 0, 1), lr)]
+    atomic_write(run_dir / 'metrics.jsonl', lambda f: f.write(''.join(json.dumps(l) + '\n' for l in lines).encode()))
+    size = next((s for s, a in SIZES.items() if a['depth'] == depth and a['num_heads'] == n_heads), 'small')
+    Config(model=model, size=size, n_registers=n_registers, img_size=grid[0] * patch_size, patch_size=patch_size,
+           epochs=max(total, 1), analysis_freq=epoch_step, runs_dir=str(run_dir.parent), run_name=run_dir.name,
+           wandb_mode='disabled').save(run_dir / 'config.yaml')
+
 # %% ../nbs/11_testing.ipynb #e1e1e024
 def fabricate_run(
     run_dir: Path | str,           # the run folder to create (its probe store goes to run_dir/probes)
@@ -198,19 +215,7 @@ def fabricate_run(
         r = ProbeResult(norms=norms, layout=layout, massive=massive, logits=logit,
                         attn_prefix=attn_prefix, attn_received=recv)
         store.append(i * epoch_step, r, images=images if i == 0 else None, labels=labels if i == 0 else None)
-    total = (n_epochs - 1) * epoch_step
-    e = np.arange(1, total + 1)
-    curve = 1 - np.exp(-e / (0.2 * total + 1))
-    noise = lambda s: rng.normal(0, s, len(e))
-    lr = 1e-6 + 0.5 * 4e-3 * (1 + np.cos(np.pi * e / total))
-    lines = [dict(epoch=int(ep), train_loss=float(a), val_loss=float(b), val_acc1=float(c), val_acc5=float(d), lr=float(l))
-             for ep, a, b, c, d, l in zip(e, 0.03 + 0.04 * (1 - curve) + noise(0.001), 4.6 - 3.4 * curve + noise(0.02),
-                                          np.clip(0.78 * curve + noise(0.005), 0, 1), np.clip(0.94 * curve + noise(0.003), 0, 1), lr)]
-    atomic_write(run_dir / 'metrics.jsonl', lambda f: f.write(''.join(json.dumps(l) + '\n' for l in lines).encode()))
-    size = next((s for s, a in SIZES.items() if a['depth'] == depth and a['num_heads'] == n_heads), 'small')
-    Config(model=model, size=size, n_registers=n_registers, img_size=h * patch_size, patch_size=patch_size,
-           epochs=max(total, 1), analysis_freq=epoch_step, runs_dir=str(run_dir.parent), run_name=run_dir.name,
-           wandb_mode='disabled').save(run_dir / 'config.yaml')
+    _fabricated_records(run_dir, model, (n_epochs - 1) * epoch_step, epoch_step, depth, n_heads, n_registers, (h, w), patch_size, rng)
     atomic_write_json(run_dir / 'fabricated.json', dict(
         model=model, onset_epoch=onset_index * epoch_step, onset_layer=onset_layer if planted else None,
         outliers=[np.flatnonzero(o).tolist() for o in outliers] if planted else []))

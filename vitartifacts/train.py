@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import Data, build_data
 from .runs import (atomic_write, atomic_write_text, atomic_save, check_run_dir, make_run_dir, keep_copy,
-                               read_metrics, write_metrics)
+                               read_metrics, run_lock, write_metrics)
 
 # %% auto #0
 __all__ = ['build_model', 'build_optimizer', 'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed',
@@ -305,9 +305,11 @@ def account(pending: tuple, progress: Progress, run: Run) -> float:
     value = loss.item()
     epoch, step_in_epoch, step = at
     if not math.isfinite(value):
+        latest = run.run_dir / 'checkpoints' / 'latest.pt'
+        kept = (f"{latest} holds the last good state (resume from it with a lower lr)" if latest.exists() else
+                "no checkpoint was written yet; start again with a lower lr (overwrite=True)")
         raise NonFiniteLoss(f"Training loss became {value} at epoch {epoch + 1}, step {step_in_epoch + 1} of "
-                            f"{run.steps_per_epoch} (global step {step + 1}); the run stopped and "
-                            f"{run.run_dir / 'checkpoints' / 'latest.pt'} holds the last good state.")
+                            f"{run.steps_per_epoch} (global step {step + 1}); the run stopped and {kept}.")
     progress.loss_sum += value
     return value
 
@@ -419,8 +421,9 @@ def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = o
         return launch(cfg)
     dev = init_distributed(cfg)
     cfg = _agree_on_name(cfg.resolved(), dev)
-    deterministic_before, run = torch.are_deterministic_algorithms_enabled(), None
+    deterministic_before, run, held = torch.are_deterministic_algorithms_enabled(), None, contextlib.ExitStack()
     try:
+        if dev.is_main: held.enter_context(run_lock(cfg.run_dir))   # one writer per run folder, until this process ends
         set_determinism(cfg, dev.rank)
         run, data, raw_model, model, progress, rng_now = setup_run(cfg, dev, data)
         if progress.step == 0 and dev.is_main: _probe(probe_hook, run, raw_model, data, 0)
@@ -439,6 +442,7 @@ def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = o
     finally:
         if run is not None and run.trackers: run.trackers.close()
         torch.use_deterministic_algorithms(deterministic_before)
+        held.close()
     return run.run_dir
 
 # %% ../nbs/05_train.ipynb #f056a0c4

@@ -95,100 +95,116 @@ class RunView:
     @property
     def has_cls(self) -> bool: return self.layout.cls_index is not None
 
-    # --- reading and summarising -------------------------------------------------------------------
-    def _stamp(self, e: int) -> list[int]: return epoch_stamp(self.store, e)
+# %% ../nbs/08_views.ipynb #b3d80913
+@patch
+def _stamp(self: RunView, e: int) -> list[int]: return epoch_stamp(self.store, e)
 
-    def _load_cache(self, stamps: dict) -> dict:
-        p = self.run_dir / '.views_cache.npz'
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if int(z['version']) != _CACHE_VERSION: return {}
-                keys = [k for k in z.files if '/' in k]
-                out = {}
-                for i, e in enumerate(z['epochs'].tolist()):
-                    if stamps.get(e) == z['stamps'][i].tolist(): out[e] = {k: z[k][i] for k in keys}
-                return out
-        except (OSError, KeyError, ValueError): return {}
 
-    def _save_cache(self, stamps: dict):
-        es = sorted(self._summary)
-        arrays = dict(version=np.int64(_CACHE_VERSION), epochs=np.array(es), stamps=np.array([stamps[e] for e in es], np.int64))
-        for k in self._summary[es[0]]:
-            if k.startswith('sink/'): arrays[k] = np.stack([self._summary[e][k] for e in es])   # outliers: analysis' cache
-        try: atomic_write(self.run_dir / '.views_cache.npz', lambda f: np.savez(f, **arrays))
-        except OSError: pass                                       # a read-only run: no cache, same views
+@patch
+def _load_cache(self: RunView, stamps: dict) -> dict:
+    p = self.run_dir / '.views_cache.npz'
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if int(z['version']) != _CACHE_VERSION: return {}
+            keys = [k for k in z.files if '/' in k]
+            out = {}
+            for i, e in enumerate(z['epochs'].tolist()):
+                if stamps.get(e) == z['stamps'][i].tolist(): out[e] = {k: z[k][i] for k in keys}
+            return out
+    except (OSError, KeyError, ValueError): return {}
 
-    def refresh(self) -> bool:
-        "Read the probe epochs written (or written again) since the last look (a run may still be training) and the metrics; True if there were any."
-        self.metrics = pd.DataFrame(read_metrics(self.run_dir))              # one row per epoch
-        on_disk = self.store.epochs
-        fresh = [e for e in on_disk if self._stamps.get(e) != self._stamp(e)]
-        if not fresh: return False
-        read = {e: read_norms(self.store, e) for e in fresh}                   # each epoch's norms are read once
-        for e, (stamp, norms) in read.items():
-            self._stamps[e], self._norms[e] = stamp, norms
-            with self._lock: self._attn.pop(e, None)                             # written again: its maps too
-        cached = self._load_cache(self._stamps)
-        todo = [e for e in fresh if e not in cached]
-        for e in todo: cached[e] = _sink_summary(self.store, e)
-        outliers = _outlier_summaries(self.store, fresh, self.detectors, read)   # analysis' cache: fitted once per epoch
-        for e in fresh: self._summary[e] = {**cached[e], **outliers[e]}
-        if todo: self._save_cache(self._stamps)
-        self.epochs = sorted(self._summary)
-        S = self._summary
-        self.norms = np.stack([self._norms[e] for e in self.epochs])                     # E, L+1, K, T
-        self.thresholds = {d: np.stack([S[e][f'threshold/{d}'] for e in self.epochs]) for d in self.detectors}   # E, L+1
-        self.ratios = {d: np.stack([S[e][f'ratio/{d}'] for e in self.epochs]) for d in self.detectors}           # E, L+1
-        self.sinks = {k[5:]: np.stack([S[e][k] for e in self.epochs]) for k in S[self.epochs[0]] if k.startswith('sink/')}  # E, depth, H
-        self._histograms()
-        return True
 
-    def _histograms(self):
-        "Counts of the patch-token norms (all probe images) per epoch and layer in log-spaced bins fixed per layer: hist [E, L+1, n_bins]."
-        pn = np.log(np.maximum(self.norms[..., self.layout.n_prefix:], 1e-12))            # E, L+1, K, N
-        E, L, B = pn.shape[0], pn.shape[1], self.n_bins
-        lo, hi = pn.min(axis=(0, 2, 3)), pn.max(axis=(0, 2, 3))
-        hi = np.maximum(hi, lo + 1e-3) + 1e-6
-        self.bin_edges = np.exp(np.linspace(lo, hi, B + 1).T)                               # L+1, B+1
-        self.hist = np.empty((E, L, B), np.int64)
-        for l in range(L):
-            idx = ((pn[:, l].reshape(E, -1) - lo[l]) / (hi[l] - lo[l]) * B).astype(np.int64).clip(0, B - 1)
-            self.hist[:, l] = np.bincount((idx + B * np.arange(E)[:, None]).ravel(), minlength=E * B).reshape(E, B)
+@patch
+def _save_cache(self: RunView, stamps: dict):
+    es = sorted(self._summary)
+    arrays = dict(version=np.int64(_CACHE_VERSION), epochs=np.array(es), stamps=np.array([stamps[e] for e in es], np.int64))
+    for k in self._summary[es[0]]:
+        if k.startswith('sink/'): arrays[k] = np.stack([self._summary[e][k] for e in es])   # outliers: analysis' cache
+    try: atomic_write(self.run_dir / '.views_cache.npz', lambda f: np.savez(f, **arrays))
+    except OSError: pass                                       # a read-only run: no cache, same views
 
-    # --- indices ---------------------------------------------------------------------------
-    def epoch_index(self, epoch: int) -> int:
-        "Index of the latest stored probe epoch at or before `epoch` (the first one if `epoch` is earlier)."
-        return max(0, int(np.searchsorted(self.epochs, epoch, side='right')) - 1)
+# %% ../nbs/08_views.ipynb #2114aade
+@patch
+def refresh(self: RunView) -> bool:
+    "Read the probe epochs written (or written again) since the last look (a run may still be training) and the metrics; True if there were any."
+    self.metrics = pd.DataFrame(read_metrics(self.run_dir))              # one row per epoch
+    on_disk = self.store.epochs
+    fresh = [e for e in on_disk if self._stamps.get(e) != self._stamp(e)]
+    if not fresh: return False
+    read = {e: read_norms(self.store, e) for e in fresh}                   # each epoch's norms are read once
+    for e, (stamp, norms) in read.items():
+        self._stamps[e], self._norms[e] = stamp, norms
+        with self._lock: self._attn.pop(e, None)                             # written again: its maps too
+    cached = self._load_cache(self._stamps)
+    todo = [e for e in fresh if e not in cached]
+    for e in todo: cached[e] = _sink_summary(self.store, e)
+    outliers = _outlier_summaries(self.store, fresh, self.detectors, read)   # analysis' cache: fitted once per epoch
+    for e in fresh: self._summary[e] = {**cached[e], **outliers[e]}
+    if todo: self._save_cache(self._stamps)
+    self.epochs = sorted(self._summary)
+    S = self._summary
+    self.norms = np.stack([self._norms[e] for e in self.epochs])                     # E, L+1, K, T
+    self.thresholds = {d: np.stack([S[e][f'threshold/{d}'] for e in self.epochs]) for d in self.detectors}   # E, L+1
+    self.ratios = {d: np.stack([S[e][f'ratio/{d}'] for e in self.epochs]) for d in self.detectors}           # E, L+1
+    self.sinks = {k[5:]: np.stack([S[e][k] for e in self.epochs]) for k in S[self.epochs[0]] if k.startswith('sink/')}  # E, depth, H
+    self._histograms()
+    return True
 
-    def attn_layer(self, layer: int) -> int:
-        "The block whose attention goes with norm layer `layer` (the final norm, layer `depth`, goes with the last block)."
-        return min(layer, self.depth - 1)
+# %% ../nbs/08_views.ipynb #fcc20359
+@patch
+def _histograms(self: RunView):
+    "Counts of the patch-token norms (all probe images) per epoch and layer in log-spaced bins fixed per layer: hist [E, L+1, n_bins]."
+    pn = np.log(np.maximum(self.norms[..., self.layout.n_prefix:], 1e-12))            # E, L+1, K, N
+    E, L, B = pn.shape[0], pn.shape[1], self.n_bins
+    lo, hi = pn.min(axis=(0, 2, 3)), pn.max(axis=(0, 2, 3))
+    hi = np.maximum(hi, lo + 1e-3) + 1e-6
+    self.bin_edges = np.exp(np.linspace(lo, hi, B + 1).T)                               # L+1, B+1
+    self.hist = np.empty((E, L, B), np.int64)
+    for l in range(L):
+        idx = ((pn[:, l].reshape(E, -1) - lo[l]) / (hi[l] - lo[l]) * B).astype(np.int64).clip(0, B - 1)
+        self.hist[:, l] = np.bincount((idx + B * np.arange(E)[:, None]).ravel(), minlength=E * B).reshape(E, B)
 
-    # --- attention maps, cached per epoch ------------------------------------------------------------
-    def attn_prefix(self, ei: int) -> np.ndarray:
-        "The stored (undecoded) prefix attention rows of epoch index `ei`: [depth, K, H, P, T], cached by epoch."
-        e = self.epochs[ei]
-        with self._lock:
-            if e in self._attn:
-                self._attn.move_to_end(e); return self._attn[e]
-        a = _read_raw(self.store, e, 'attn_prefix')
-        with self._lock:
-            self._attn[e] = a
-            while len(self._attn) > 1 and sum(x.nbytes for x in self._attn.values()) > self.cache_mb * 2**20:
-                self._attn.popitem(last=False)
-        return a
 
-    def preload(self, background: bool = False):
-        "Read the attention maps of the latest epochs into the cache (as many as `cache_mb` holds); in a thread with `background`."
-        per_epoch = max(1, self.attn_prefix(len(self.epochs) - 1).nbytes)
-        n = min(len(self.epochs), int(self.cache_mb * 2**20 // per_epoch))
-        todo = list(range(len(self.epochs) - n, len(self.epochs)))
-        if not background:
-            for ei in todo: self.attn_prefix(ei)
-            return None
-        t = threading.Thread(target=lambda: [self.attn_prefix(ei) for ei in todo], daemon=True)
-        t.start()
-        return t
+# --- indices ---------------------------------------------------------------------------
+@patch
+def epoch_index(self: RunView, epoch: int) -> int:
+    "Index of the latest stored probe epoch at or before `epoch` (the first one if `epoch` is earlier)."
+    return max(0, int(np.searchsorted(self.epochs, epoch, side='right')) - 1)
+
+
+@patch
+def attn_layer(self: RunView, layer: int) -> int:
+    "The block whose attention goes with norm layer `layer` (the final norm, layer `depth`, goes with the last block)."
+    return min(layer, self.depth - 1)
+
+# %% ../nbs/08_views.ipynb #1bfcbc9f
+@patch
+def attn_prefix(self: RunView, ei: int) -> np.ndarray:
+    "The stored (undecoded) prefix attention rows of epoch index `ei`: [depth, K, H, P, T], cached by epoch."
+    e = self.epochs[ei]
+    with self._lock:
+        if e in self._attn:
+            self._attn.move_to_end(e); return self._attn[e]
+    a = _read_raw(self.store, e, 'attn_prefix')
+    with self._lock:
+        self._attn[e] = a
+        while len(self._attn) > 1 and sum(x.nbytes for x in self._attn.values()) > self.cache_mb * 2**20:
+            self._attn.popitem(last=False)
+    return a
+
+# %% ../nbs/08_views.ipynb #f9839855
+@patch
+def preload(self: RunView, background: bool = False):
+    "Read the attention maps of the latest epochs into the cache (as many as `cache_mb` holds); in a thread with `background`."
+    per_epoch = max(1, self.attn_prefix(len(self.epochs) - 1).nbytes)
+    n = min(len(self.epochs), int(self.cache_mb * 2**20 // per_epoch))
+    todo = list(range(len(self.epochs) - n, len(self.epochs)))
+    if not background:
+        for ei in todo: self.attn_prefix(ei)
+        return None
+    t = threading.Thread(target=lambda: [self.attn_prefix(ei) for ei in todo], daemon=True)
+    t.start()
+    return t
 
 # %% ../nbs/08_views.ipynb #39c3941a
 def prefix_attention(stored, layout: TokenLayout, rows, head: int | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly.graph_objects as go
+from fastcore.basics import patch
 
 from .analysis import compare_runs
 from .views import RunView, DETECTOR_NAMES
@@ -48,65 +49,79 @@ class Explorer:
         self.widget = W.VBox([W.HBox([self.picker, self.epoch, self.layer]),
                               W.HBox([self.head, self.image, self.sink, self.detector, self.reload]), self.status, self.box])
 
-    def _attach(self, run: 'RunView'):
-        "Build the figures of `run` and set the sliders' ranges to it."
-        self.run = run
-        self.views = ExploreFigures(run, widget=True, panels=self.panels)
-        s = self.views.state
-        self._hold = True
-        try:
-            self.epoch.options = [(str(e), i) for i, e in enumerate(run.epochs)]; self.epoch.value = s.epoch
-            self.layer.options = [(layer_name(run, l), l) for l in range(run.depth + 1)]; self.layer.value = s.layer
-            self.head.options = [('mean', -1)] + [(f'head {h}', h) for h in range(run.n_heads)]; self.head.value = -1
-            self.image.max = run.n_images - 1; self.image.value = min(self.image.value, run.n_images - 1)
-            self.sink.options = list(run.sinks); self.sink.value = s.sink
-            self.detector.options = list(run.detectors); self.detector.value = s.detector
-        finally: self._hold = False
-        f, W = self.views.figs, self.W
-        rows = [[f[p] for p in row if p in f] for row in
-                (('overlay', 'cls', 'registers'), ('hist', 'ratio', 'sinks'), ('curves', 'heads'), ('layers',))]
-        self.box.children = [W.HBox(r) for r in rows if r]
-        self.status.value = f'<b>{run.name}</b> ({run.variant}): {len(run.epochs)} probe epochs, {run.depth} blocks, ' \
-                            f'{run.n_heads} heads, {run.n_images} probe images, {run.n_registers} registers'
-
     @property
     def state(self) -> ViewState:
         "The sliders' state."
         return ViewState(self.epoch.value, self.layer.value, None if self.head.value < 0 else self.head.value,
                          self.image.value, self.sink.value, self.detector.value)
 
-    def _changed(self, change):
-        if not self._hold: self.update()
+# %% ../nbs/08b_widgets.ipynb #b8b14403
+@patch
+def _attach(self: Explorer, run: 'RunView'):
+    "Build the figures of `run` and set the sliders' ranges to it."
+    self.run = run
+    self.views = ExploreFigures(run, widget=True, panels=self.panels)
+    s = self.views.state
+    self._hold = True
+    try:
+        self.epoch.options = [(str(e), i) for i, e in enumerate(run.epochs)]; self.epoch.value = s.epoch
+        self.layer.options = [(layer_name(run, l), l) for l in range(run.depth + 1)]; self.layer.value = s.layer
+        self.head.options = [('mean', -1)] + [(f'head {h}', h) for h in range(run.n_heads)]; self.head.value = -1
+        self.image.max = run.n_images - 1; self.image.value = min(self.image.value, run.n_images - 1)
+        self.sink.options = list(run.sinks); self.sink.value = s.sink
+        self.detector.options = list(run.detectors); self.detector.value = s.detector
+    finally: self._hold = False
+    f, W = self.views.figs, self.W
+    rows = [[f[p] for p in row if p in f] for row in
+            (('overlay', 'cls', 'registers'), ('hist', 'ratio', 'sinks'), ('curves', 'heads'), ('layers',))]
+    self.box.children = [W.HBox(r) for r in rows if r]
+    self.status.value = f'<b>{run.name}</b> ({run.variant}): {len(run.epochs)} probe epochs, {run.depth} blocks, ' \
+                        f'{run.n_heads} heads, {run.n_images} probe images, {run.n_registers} registers'
 
-    def update(self):
-        "Push the sliders' state to every panel."
-        self.views.update(self.state)
+# %% ../nbs/08b_widgets.ipynb #bf781a7f
+@patch
+def _changed(self: Explorer, change):
+    if not self._hold: self.update()
 
-    def set(self, epoch: int | None = None, **changes):
-        "Move sliders (epoch by its number; layer, head (-1: mean), image, sink, detector by value) with one update."
+
+@patch
+def update(self: Explorer):
+    "Push the sliders' state to every panel."
+    self.views.update(self.state)
+
+
+@patch
+def set(self: Explorer, epoch: int | None = None, **changes):
+    "Move sliders (epoch by its number; layer, head (-1: mean), image, sink, detector by value) with one update."
+    self._hold = True
+    try:
+        if epoch is not None: self.epoch.value = self.run.epoch_index(epoch)
+        for k, v in changes.items(): getattr(self, k).value = v
+    finally: self._hold = False
+    self.update()
+
+
+@patch
+def _pick(self: Explorer, change):
+    self._attach(RunView(change['new']))
+
+# %% ../nbs/08b_widgets.ipynb #ae8bc165
+@patch
+def refresh(self: Explorer):
+    "Read probe epochs written since the explorer opened, and keep the sliders where they are."
+    at = self.run.epochs[self.epoch.value]
+    if self.run.refresh():
         self._hold = True
         try:
-            if epoch is not None: self.epoch.value = self.run.epoch_index(epoch)
-            for k, v in changes.items(): getattr(self, k).value = v
+            self.epoch.options = [(str(e), i) for i, e in enumerate(self.run.epochs)]
+            self.epoch.value = self.run.epoch_index(at)
         finally: self._hold = False
-        self.update()
+    self.views.reload_metrics()
+    self.update()
 
-    def _pick(self, change):
-        self._attach(RunView(change['new']))
 
-    def refresh(self):
-        "Read probe epochs written since the explorer opened, and keep the sliders where they are."
-        at = self.run.epochs[self.epoch.value]
-        if self.run.refresh():
-            self._hold = True
-            try:
-                self.epoch.options = [(str(e), i) for i, e in enumerate(self.run.epochs)]
-                self.epoch.value = self.run.epoch_index(at)
-            finally: self._hold = False
-        self.views.reload_metrics()
-        self.update()
-
-    def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
+@patch
+def _repr_mimebundle_(self: Explorer, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
 # %% ../nbs/08b_widgets.ipynb #cd530745
 class Comparison:

@@ -208,3 +208,22 @@ def test_probe_names_a_corrupt_image(tmp_path):
 
 def test_huge_img_size_is_refused_before_any_allocation():
     refused(vitartifacts('train', '--img_size', '100000', '--patch_size', '16'), 'Setting img_size must be at most 4096 pixels')
+
+
+def test_report_names_a_damaged_probe_epoch(tmp_path):
+    from vitartifacts.testing import fabricate_run
+    run = fabricate_run(tmp_path / 'v', 'vanilla', n_epochs=3, depth=2, n_heads=2, n_images=2, grid=(4, 4), patch_size=8, num_classes=3)
+    last = sorted((run / 'probes').glob('epoch_*.npz'))[-1]
+    last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])     # a copy that stopped half-way
+    refused(vitartifacts('report', run, '-o', tmp_path / 'r.html'), f'Probe epoch file {last} is damaged')
+    assert not (tmp_path / 'r.html').exists()
+
+
+def test_resuming_a_checkpoint_of_another_variant_is_one_sentence(tmp_path):
+    runs = tmp_path / 'runs'
+    for name, model in (('r', 'vanilla'), ('g', 'register')):
+        res = vitartifacts('train', *TINY, '--epochs', '1', '--analysis_freq', '0', '--model', model, '--runs_dir', runs, '--run_name', name)
+        assert res.returncode == 0, res.stderr
+    shutil.copyfile(runs / 'g' / 'checkpoints' / 'latest.pt', runs / 'r' / 'checkpoints' / 'latest.pt')
+    refused(vitartifacts('train', *TINY, '--epochs', '2', '--analysis_freq', '0', '--runs_dir', runs, '--run_name', 'r', '--resume', 'true'),
+            'holds a model that does not fit this run', 'reg_token')

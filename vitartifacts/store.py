@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_store.ipynb #8a18880d
 from __future__ import annotations
-import json, time
+import json, time, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -182,10 +182,13 @@ def _load(self: ProbeStore, epoch: int, keys: list[str] | None = None, raw: bool
     p = self.epoch_path(epoch)
     if not p.exists():
         raise FileNotFoundError(f"{self.root} holds no probe epoch {epoch}; stored epochs: {self.epochs}.")
-    with np.load(p, allow_pickle=False) as z:       # a zip: only the arrays asked for are read
-        missing = set(keys or ()) - set(z.files)
-        if missing: raise KeyError(f"{sorted(missing)[0]!r} is not a stored array; stored: {', '.join(z.files)}.")
-        return {k: z[k] if raw else _decode(k, z[k]) for k in (keys or z.files) if k != 'layout'}
+    try:
+        with np.load(p, allow_pickle=False) as z:       # a zip: only the arrays asked for are read
+            missing = set(keys or ()) - set(z.files)
+            if missing: raise KeyError(f"{sorted(missing)[0]!r} is not a stored array; stored: {', '.join(z.files)}.")
+            return {k: z[k] if raw else _decode(k, z[k]) for k in (keys or z.files) if k != 'layout'}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:   # cut short (a full disk, a copy that stopped)
+        raise ValueError(f"Probe epoch file {p} is damaged ({type(e).__name__}); remove it, or probe that epoch again.") from None
 
 # %% ../nbs/06_store.ipynb #7f477e42
 def _read(self: ProbeStore, key: str, epochs: list[int] | None = None) -> np.ndarray:

@@ -372,8 +372,13 @@ def save_checkpoint(raw_model, run: Run, progress: Progress, name: str = 'latest
 def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, str | None]:
     "Restore model, optimizer and scaler from `path`; return the progress, the generator states and the wandb id."
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"Checkpoint {path} cannot be read ({e}); it may be damaged.") from None
-    raw_model.load_state_dict(ckpt['model'])
+    except Exception as e:   # torch's own message would advise weights_only=False, which runs whatever the file holds
+        raise ValueError(f"Checkpoint {path} cannot be read safely ({type(e).__name__}); it may be damaged.") from None
+    try: raw_model.load_state_dict(ckpt['model'])
+    except (RuntimeError, KeyError, TypeError) as e:
+        first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e))[:160]
+        raise ValueError(f"Checkpoint {path} holds a model that does not fit this run ({first}); resume it with the "
+                         "settings in its config.yaml.") from None
     run.optimizer.load_state_dict(ckpt['optimizer'])
     run.scaler.load_state_dict(ckpt['scaler'])
     return Progress(**ckpt['progress']), ckpt['rng'], ckpt.get('wandb_id')

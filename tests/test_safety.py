@@ -227,3 +227,64 @@ def test_resuming_a_checkpoint_of_another_variant_is_one_sentence(tmp_path):
     shutil.copyfile(runs / 'g' / 'checkpoints' / 'latest.pt', runs / 'r' / 'checkpoints' / 'latest.pt')
     refused(vitartifacts('train', *TINY, '--epochs', '2', '--analysis_freq', '0', '--runs_dir', runs, '--run_name', 'r', '--resume', 'true'),
             'holds a model that does not fit this run', 'reg_token')
+
+
+DISK_FULL = r'''
+import hashlib, json, os, subprocess, sys
+from pathlib import Path
+cmd, small = json.loads(sys.argv[1]), Path(sys.argv[2])
+small.mkdir(parents=True, exist_ok=True)
+subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', str(small)], check=True)
+def run(*a): return subprocess.run(cmd + list(a), capture_output=True, text=True, timeout=300)
+first = run('--epochs', '1', '--runs_dir', str(small), '--run_name', 'r')
+ckpt = small / 'r' / 'checkpoints' / 'latest.pt'
+digest = hashlib.sha256(ckpt.read_bytes()).hexdigest() if ckpt.exists() else None
+st = os.statvfs(small)
+(small / 'filler').write_bytes(b'\0' * max(0, st.f_bavail * st.f_frsize - ckpt.stat().st_size // 2))
+second = run('--epochs', '2', '--runs_dir', str(small), '--run_name', 'r', '--resume', 'true')
+print(json.dumps(dict(first=[first.returncode, first.stderr[-2000:]], second=[second.returncode, second.stderr],
+                      kept=digest is not None and hashlib.sha256(ckpt.read_bytes()).hexdigest() == digest,
+                      temps=[str(p) for p in small.rglob('*.tmp')], folder=str(small))))
+'''
+
+
+def test_a_full_disk_is_one_sentence_and_keeps_the_last_checkpoint(tmp_path):
+    "A run folder on a 32 MB file system that fills during a checkpoint: one sentence, the previous checkpoint whole."
+    if subprocess.run(['unshare', '-Urm', 'true'], capture_output=True).returncode != 0:
+        pytest.skip('needs a private mount namespace (unshare -Urm) for a small file system')
+    cmd = command() + ['train', *TINY]
+    res = subprocess.run(['unshare', '-Urm', sys.executable, '-c', DISK_FULL, json.dumps(cmd), str(tmp_path / 'small')],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.splitlines()[-1])
+    assert out['first'][0] == 0, out['first']
+    code, err = out['second']
+    assert code == 1 and 'Traceback' not in err, (code, err)
+    last = err.strip().splitlines()[-1]          # the lines above it are the epoch's progress bar
+    assert last.startswith(f"vitartifacts train: No space left on {out['folder']}"), err
+    assert out['kept'] and out['temps'] == [], out
+
+
+def test_weights_of_another_timm_architecture_name_it(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    save_file(timm.create_model('vit_tiny_patch16_224', num_classes=10, img_size=32).state_dict(), tmp_path / 'w.safetensors')
+    (tmp_path / 'imgs').mkdir(); Image.new('RGB', (32, 32)).save(tmp_path / 'imgs' / 'ok.png')
+    res = vitartifacts('probe', '--weights', tmp_path / 'w.safetensors', '--model', 'vit_small_patch16_224', '--img_size', '32',
+                       '--images', tmp_path / 'imgs', '--out', tmp_path / 'p')
+    refused(res, f"Weights file {tmp_path / 'w.safetensors'} does not fit timm's vit_small_patch16_224: mismatched", '--model')
+    assert 'strict=False' not in res.stderr and not (tmp_path / 'p').exists()
+
+
+def test_a_symlink_loop_in_an_image_folder_is_named(tmp_path):
+    from vitartifacts.models import create_model
+    from safetensors.torch import save_file
+    save_file(create_model('vanilla', 'tiny', img_size=32, patch_size=8).state_dict(), tmp_path / 'w.safetensors')
+    (tmp_path / 'imgs' / 'cats').mkdir(parents=True); Image.new('RGB', (32, 32)).save(tmp_path / 'imgs' / 'cats' / 'ok.png')
+    (tmp_path / 'imgs' / 'cats' / 'again').symlink_to('..')
+    refused(vitartifacts('probe', '--weights', tmp_path / 'w.safetensors', '--images', tmp_path / 'imgs', '--out', tmp_path / 'p'),
+            f"{tmp_path / 'imgs' / 'cats' / 'again'} is a symbolic link to {tmp_path / 'imgs'}", 'a loop')
+    # the training data's scan too (prepare-data reads the same folders)
+    root = image_root(tmp_path / 'in100'); (root / 'train' / 'a' / 'loop').symlink_to(root / 'train')
+    refused(vitartifacts('prepare-data', root, '--out', tmp_path / 'cache', '--img_size', '32'),
+            f"{root / 'train' / 'a' / 'loop'} is a symbolic link to {root / 'train'}")

@@ -8,7 +8,7 @@ import argparse, dataclasses, difflib, importlib, os, re, sys
 from pathlib import Path
 
 from .config import Config, add_arguments, setting_names
-from .runs import check_run_dir
+from .runs import DiskFull, check_run_dir
 
 # %% auto #0
 __all__ = ['Parser', 'build_parser', 'parse_args', 'train_config', 'run_command', 'main']
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try: run_command(args)
     except FloatingPointError as e:  # vitartifacts.train.NonFiniteLoss; not imported here, so --help stays instant
+        print(f"vitartifacts {args.command}: {e}", file=sys.stderr); return 1
+    except DiskFull as e:
         print(f"vitartifacts {args.command}: {e}", file=sys.stderr); return 1
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         print(f"vitartifacts {args.command}: {e}", file=sys.stderr); return 2

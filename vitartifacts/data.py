@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip, hashlib, importlib, logging, math, os, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DECODE_ERRORS', 'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'denormalize', 'image_grid',
-           'class_folders', 'check_imagefolder', 'image_problem', 'scan_split', 'open_image', 'to_rgb8', 'decode_rgb',
-           'CheckedImageFolder', 'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur', 'ToNormalizedTensor',
-           'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root', 'fashion_mnist',
-           'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler', 'world',
-           'default_num_workers', 'build_loaders', 'Data', 'mixup_fn', 'resolve_dataset', 'data_fn_data', 'folder_data',
-           'build_data']
+           'class_folders', 'check_imagefolder', 'image_problem', 'walk_files', 'scan_split', 'open_image', 'to_rgb8',
+           'decode_rgb', 'CheckedImageFolder', 'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur',
+           'ToNormalizedTensor', 'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root',
+           'fashion_mnist', 'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler',
+           'world', 'default_num_workers', 'build_loaders', 'Data', 'mixup_fn', 'resolve_dataset', 'data_fn_data',
+           'folder_data', 'build_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 def denormalize(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
@@ -120,6 +120,23 @@ def image_problem(path) -> Optional[str]:
     if head.startswith(_MAGIC) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'): return None
     return "is not an image (its first bytes match no image format)"
 
+# %% ../nbs/03_data.ipynb #d3e1f002
+def walk_files(root) -> Iterator[str]:
+    """The visible files under `root`, following linked folders, in `os.walk`'s order (a folder's files sorted, then its
+    subfolders sorted); a link back to a folder above it is an error naming the loop."""
+    def walk(d: str, above: tuple):
+        entries = sorted((e for e in os.scandir(d) if not e.name.startswith('.')), key=lambda e: e.name)
+        dirs = [e for e in entries if e.is_dir()]             # is_dir follows a link to a folder
+        yield from (e.path for e in entries if not e.is_dir())  # a broken or looping link to a file is a file that cannot be read
+        here = os.path.realpath(d)
+        for e in dirs:
+            real = os.path.realpath(e.path)
+            if real in above or here.startswith(real + os.sep):   # a folder on the way down, or one above the walk's root
+                raise ValueError(f"{e.path} is a symbolic link to {real}, a folder that contains it: a loop; "
+                                 f"remove the link or point it elsewhere.")
+            yield from walk(e.path, above + (real,))
+    yield from walk(str(root), (os.path.realpath(root),))
+
 # %% ../nbs/03_data.ipynb #c3cd8c98
 def scan_split(split_dir, classes: Sequence[str], skip_corrupt=False) -> tuple[list, list]:
     """The samples (path, class index) of one split, in sorted order, and the files skipped as unreadable.
@@ -129,15 +146,11 @@ def scan_split(split_dir, classes: Sequence[str], skip_corrupt=False) -> tuple[l
     samples, skipped, empty = [], [], []
     for idx, c in enumerate(classes):
         n0 = len(samples)
-        for dirpath, dirnames, filenames in os.walk(split_dir / c, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-            for fn in sorted(filenames):
-                if fn.startswith('.'): continue
-                path = os.path.join(dirpath, fn)
-                problem = image_problem(path)
-                if problem is None: samples.append((path, idx))
-                elif skip_corrupt: skipped.append(path)
-                else: raise ValueError(f"{path} {problem}; delete or replace it, or set skip_corrupt=True to skip unreadable files.")
+        for path in walk_files(split_dir / c):
+            problem = image_problem(path)
+            if problem is None: samples.append((path, idx))
+            elif skip_corrupt: skipped.append(path)
+            else: raise ValueError(f"{path} {problem}; delete or replace it, or set skip_corrupt=True to skip unreadable files.")
         if len(samples) == n0: empty.append(c)
     if len(empty) == len(classes):
         raise FileNotFoundError(f"{split_dir} holds no images at all; each class folder needs image files (JPEG, PNG, ...).")

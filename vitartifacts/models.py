@@ -165,8 +165,9 @@ def read_state_dict(path: Path) -> dict:
     return {k.removeprefix('module.'): v for k, v in sd.items()}
 
 # %% ../nbs/01_models.ipynb #07d458de
-def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
-    "Load the weights at `path` into `model`; report keys that do not fit by name."
+def load_weights(model: nn.Module, path, strict: bool = True, what: str = 'the model',
+                 hint: str = 'load_weights(..., strict=False) loads the keys that fit') -> dict:
+    "Load the weights at `path` into `model`; report keys that do not fit by name (`what` names the model, `hint` what to do)."
     path = Path(path)
     sd = read_state_dict(path)
     if isinstance(model, VisionTransformer):
@@ -176,10 +177,9 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> dict:
     report = dict(missing=sorted(set(own) - set(sd)), unexpected=sorted(set(sd) - set(own)),
                   mismatched=[f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in mismatched])
     if strict and any(report.values()):
-        parts = [f"{what} {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+        parts = [f"{what} {', '.join(keys[:4])}{f' and {len(keys) - 4} more' if len(keys) > 4 else ''}"
                  for what, keys in report.items() if keys]
-        raise ValueError(f"Weights file {path} does not fit the model: {'; '.join(parts)} "
-                         "(pass strict=False to load the rest).")
+        raise ValueError(f"Weights file {path} does not fit {what}: {'; '.join(parts)}; {hint}.")
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in mismatched}, strict=False)
     return report
 
@@ -222,5 +222,10 @@ def build_probe_model(weights: Path | str, model: str | None = None, **model_arg
         if 'num_classes' not in kw: kw['num_classes'] = int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0
         net = timm.create_model(model, pretrained=False, **kw)
         info = dict(timm_name=model, **kw)
-    load_weights(net, weights)
+    if 'timm_name' in info:
+        load_weights(net, weights, what=f"timm's {model}",
+                     hint='name the architecture the weights were saved from (model=, `--model` of `vitartifacts probe`)')
+    else:
+        load_weights(net, weights, what=f"a {info['variant']} model of these settings",
+                     hint='its settings are read off the file: leave out the ones given that disagree with it')
     return net.eval(), info

@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import data
-from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8
+from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8, walk_files
 from .models import build_probe_model
 from .probe import ProbeResult, MassiveActivations, probe
 from .runs import RunLocked, lock_holder
@@ -45,13 +45,14 @@ def model_normalization(model) -> tuple[tuple, tuple]:
 def read_image_folder(folder: Path | str, img_size: int, n_images: int = 64, mean=None, std=None, seed: int = 0):
     "Up to `n_images` images of `folder` (the data module's seeded probe subset) through the evaluation transform; labels from class subfolders, else None."
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith('.'))
+    if not folder.is_dir(): raise NotADirectoryError(f"{folder} is not a folder of images.")
+    files = sorted(p for p in map(Path, walk_files(folder)) if p.suffix.lower() in IMAGE_SUFFIXES)   # linked folders too, loops named
     if not files: raise FileNotFoundError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    files = [files[i] for i in probe_indices(len(files), min(n_images, len(files)), seed).tolist()]
+    all_files, files = files, [files[i] for i in probe_indices(len(files), min(n_images, len(files)), seed).tolist()]
     tf = val_transform(img_size, mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD)
     x = torch.stack([tf(_read_image(p)) for p in files])
     if not all(p.parent != folder for p in files): return x, None
-    classes = sorted({p.relative_to(folder).parts[0] for p in folder.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES and p.parent != folder})
+    classes = sorted({p.relative_to(folder).parts[0] for p in all_files if p.parent != folder})
     return x, torch.tensor([classes.index(p.relative_to(folder).parts[0]) for p in files])
 
 # %% ../nbs/06a_probing.ipynb #c6a0b011

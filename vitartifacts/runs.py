@@ -4,16 +4,34 @@
 
 # %% ../nbs/00a_runs.ipynb #a1b2c303
 from __future__ import annotations
-import contextlib, dataclasses, fcntl, json, os, shutil, socket, tempfile, time, warnings
+import contextlib, dataclasses, errno, fcntl, json, os, shutil, socket, tempfile, time, warnings
 from pathlib import Path
 
 from .config import Config
 
 # %% auto #0
-__all__ = ['RUN_LOCK', 'RUN_ENTRIES', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_save', 'keep_copy',
-           'RunLocked', 'lock_holder', 'run_lock', 'holds_run', 'holds_project_run', 'foreign_entries', 'check_run_dir',
-           'make_run_dir', 'prepare_run_dir', 'read_metrics', 'write_metrics', 'run_settings', 'find_runs',
-           'runs_folder']
+__all__ = ['RUN_LOCK', 'RUN_ENTRIES', 'DiskFull', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_save',
+           'keep_copy', 'RunLocked', 'lock_holder', 'run_lock', 'holds_run', 'holds_project_run', 'foreign_entries',
+           'check_run_dir', 'make_run_dir', 'prepare_run_dir', 'read_metrics', 'write_metrics', 'run_settings',
+           'find_runs', 'runs_folder']
+
+# %% ../nbs/00a_runs.ipynb #a1b2c3d2
+class DiskFull(OSError):
+    "No space left where the project was writing; the previous file is kept."
+
+
+def _raise_if_full(e: BaseException, path: Path):
+    "Raise `DiskFull` naming `path`'s folder when `e` (or what caused it) is a full disk or quota."
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is kept" if path.exists() else f"{path.name} was not written"
+            raise DiskFull(seen.errno, f"No space left on {path.parent}: {kept}, and no partial file is left; "
+                                       f"free some space there and run the command again.") from None
+        seen = seen.__cause__ or seen.__context__
+
+
+DiskFull.__str__ = lambda self: self.strerror        # the sentence alone, without "[Errno 28]"
 
 # %% ../nbs/00a_runs.ipynb #a1b2c306
 def atomic_write(path, write) -> Path:
@@ -24,13 +42,15 @@ def atomic_write(path, write) -> Path:
     place the same way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try: fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e: _raise_if_full(e, path); raise
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the run from other users
         with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        _raise_if_full(e, path); raise
     return path
 
 # %% ../nbs/00a_runs.ipynb #a1b2c309
@@ -55,9 +75,13 @@ def keep_copy(src: Path, dst: Path):
     if dst.exists() and os.path.samefile(src, dst): return   # already this snapshot (a rename of a link onto itself would leave the link)
     tmp = dst.with_name(f'.{dst.name}.tmp')
     tmp.unlink(missing_ok=True)
-    try: os.link(src, tmp)
-    except OSError: shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        _raise_if_full(e, dst); raise
 
 # %% ../nbs/00a_runs.ipynb #a1b2c341
 RUN_LOCK = '.lock'                                   # the lock file of a run folder

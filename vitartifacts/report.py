@@ -21,7 +21,7 @@ from .figures import (ExploreFigures, ViewState, weight_views, rollout_figure, p
 
 # %% auto #0
 __all__ = ['REPORT_MARK', 'report_epochs', 'run_report_data', 'report_asset', 'is_report', 'report_html', 'write_report',
-           'report_command']
+           'sweep_report_top', 'report_command']
 
 # %% ../nbs/08c_report.ipynb #0ab221e0
 def _b64(a) -> dict:
@@ -114,13 +114,15 @@ def _options(values, selected=None, labels=None) -> str:
 
 # %% ../nbs/08c_report.ipynb #37cc79f7
 def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, table: pd.DataFrame | None = None,
-                gif: bool = True, weights: bool = True, title: str = 'vitartifacts report') -> str:
+                gif: bool = True, weights: bool = True, title: str = 'vitartifacts report',
+                top: tuple[str, dict] | None = None) -> str:
     "The report page: plotly.js inline, every run's data as float32 arrays, sliders over epochs and layers moving every view."
     from plotly.offline import get_plotlyjs
     datas, statics = zip(*[run_report_data(r, n_images, max_epochs, gif, weights) for r in runs])
     epochs = sorted(set().union(*[d['epochs'] for d in datas]))
     ratio_all = runs_ratio_figure(runs)                       # the page's script moves it, as Comparison does
     static_figs = {f'{k}-{i}': _figure_json(f) for i, st in enumerate(statics) for k, f in st['figures'].items()}
+    if top: static_figs.update({k: _figure_json(f) for k, f in top[1].items()})   # a sweep's figures, drawn first
     sinks = list(dict.fromkeys(k for r in runs for k in r.sinks))
     depth = max(r.depth for r in runs)
     payload = dict(runs=list(datas), epochs=epochs, ratio_all=_figure_json(ratio_all), static_figures=static_figs,
@@ -132,6 +134,7 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
              f'Written {time.strftime("%Y-%m-%d %H:%M")}; {max(len(d["epochs"]) for d in datas)} probe epochs and '
              f'{min(n_images, min(r.n_images for r in runs))} probe image(s) per run kept; outlier ratios use every probe epoch. '
              'No kernel needed: every view is computed in the page from the data it holds.</p>',
+             top[0] if top else '',
              '<div id="controls">',
              f'<label>epoch <input type="range" id="epoch" min="0" max="{len(epochs) - 1}" value="{len(epochs) - 1}"> '
              f'<b id="epoch-value">{epochs[-1]}</b></label>',
@@ -166,7 +169,7 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
 # %% ../nbs/08c_report.ipynb #65e209ee
 def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, max_epochs: int = 41,
                  detectors=DETECTOR_NAMES, gif: bool = True, weights: bool = True, table: bool = True,
-                 title: str = 'vitartifacts report') -> Path:
+                 title: str = 'vitartifacts report', top: tuple[str, dict] | None = None) -> Path:
     "Write one self-contained HTML report of the runs in `run_dirs` to `out`, atomically; return its path."
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not run_dirs: raise ValueError("No runs given; pass one or more run folders to report on.")
@@ -182,10 +185,34 @@ def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, m
         raise FileExistsError(f"{out} exists and is not a report this project wrote, so it is not replaced; pass another -o.")
     runs = [RunView(r, detectors) for r in run_dirs]
     tab = compare_runs(run_dirs, detectors[0]) if table else None
-    page = report_html(runs, n_images, max_epochs, tab, gif, weights, title)
+    page = report_html(runs, n_images, max_epochs, tab, gif, weights, title, top)
     return atomic_write(out, lambda f: f.write(page.encode()))
+
+# %% ../nbs/08c_report.ipynb #5e100002
+def sweep_report_top(folder: Path) -> tuple[str, dict, list[Path]]:
+    "The top of a sweep's report (its table as HTML, its figures) and the run of each setting shown below it."
+    from vitartifacts.results import artifacts_figure, differences_figure, sweep_results, training_curves
+    from vitartifacts.sweep import load_sweep, point_state
+    sweep = load_sweep(folder)
+    table = sweep_results(sweep)
+    shown: dict[str, Path] = {}
+    for p in sweep.points:
+        if point_state(sweep, p) == 'done' and (p.run_dir / 'probes' / 'index.json').exists(): shown.setdefault(p.setting, p.run_dir)
+    note = (f"top-1 at the last epoch, mean over seeds; lo/hi: {table.attrs['level']:.0%} percentile-bootstrap interval over "
+            f"seeds (over test images for one seed); diff: minus {table.attrs['baseline']}. Below, one run per setting: "
+            + ', '.join(r.name for r in shown.values()) + '.')
+    part = (f'<h2>Sweep {html.escape(sweep.name)}: {len(sweep.points)} points, {len(table)} settings</h2>'
+            + table.to_html(float_format=lambda x: f'{x:.3f}', na_rep='-') + f'<p class="note">{html.escape(note)}</p>'
+            + '<div class="row"><div id="sweep-curves"></div><div id="sweep-differences"></div></div><div id="sweep-artifacts"></div>')
+    figures = {'sweep-curves': training_curves(sweep), 'sweep-differences': differences_figure(table),
+               'sweep-artifacts': artifacts_figure(table)}
+    return part, figures, list(shown.values())
 
 # %% ../nbs/08c_report.ipynb #3599939f
 def report_command(runs: list[str], out: str) -> Path:
-    "`vitartifacts report RUN [RUN ...] -o FILE`: the report of the runs, with the default settings."
-    return write_report([Path(r) for r in runs], Path(out))
+    "`vitartifacts report RUN [RUN ...] -o FILE`: the report of the runs (or of a sweep folder), with the default settings."
+    paths = [Path(r) for r in runs]
+    if len(paths) == 1 and (paths[0] / 'sweep.yaml').exists():
+        part, figures, run_dirs = sweep_report_top(paths[0])
+        return write_report(run_dirs, Path(out), top=(part, figures), title=f'vitartifacts sweep {paths[0].name}')
+    return write_report(paths, Path(out))

@@ -21,8 +21,9 @@ from .runs import atomic_write, atomic_write_json, runs_folder
 from .store import ProbeStore
 
 # %% auto #0
-__all__ = ['smooth_image', 'smooth_images', 'shapes_dataset', 'plant_outliers', 'plant_sink', 'memory_data', 'fabricate_run',
-           'fake_epoch_writer', 'example_run', 'example_runs']
+__all__ = ['SWEEP_BASE', 'smooth_image', 'smooth_images', 'shapes_dataset', 'plant_outliers', 'plant_sink',
+           'plant_register_neurons', 'memory_data', 'fabricate_run', 'fake_epoch_writer', 'fabricate_sweep',
+           'example_run', 'example_runs']
 
 # %% ../nbs/11_testing.ipynb #e1e1e006
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> Image.Image:
@@ -76,6 +77,30 @@ def plant_sink(model, layer, token, strength=12.0):
         qkv[:, token, 1] += strength * u                # ... and one key is u, strongly
         return qkv.reshape(B, N, 3 * H * D)
     return blk.qkv.register_forward_hook(hook)
+
+# %% ../nbs/11_testing.ipynb #e1e1a101
+class _Handles:
+    "Several hook handles, removed as one."
+    def __init__(self, *handles): self.handles = handles
+    def remove(self):
+        for h in self.handles: h.remove()
+
+# %% ../nbs/11_testing.ipynb #e1e1a102
+def plant_register_neurons(model, layer, patches, neurons=(7, 19, 42), scale=10.0):
+    """Hooks making MLP `neurons` of block `layer` fire on `patches` only (bool [K, N], the last N tokens), so strongly
+    that those patches leave the block about `scale` x the median token norm: high-norm tokens made the way Jiang et
+    al. (2025) find them, by register neurons."""
+    blk, idx = model.blocks[layer], torch.tensor(neurons)
+    with torch.no_grad():   # what one unit of each neuron's activation writes into the residual stream
+        gamma = getattr(blk.ls2, 'gamma', torch.ones(model.embed_dim))
+        write = (gamma[:, None] * blk.mlp.fc2.weight[:, idx]).sum(1).norm()
+    state = {}
+    def measure(mod, args): state['median'] = args[0].norm(dim=-1).median()
+    def fire(mod, inp, out):
+        out, N = out.clone(), patches.shape[-1]
+        out[:, -N:, idx] = out[:, -N:, idx] + patches[..., None].to(out) * (scale * state['median'] / write)
+        return out
+    return _Handles(blk.register_forward_pre_hook(measure), blk.mlp.act.register_forward_hook(fire))
 
 # %% ../nbs/11_testing.ipynb #e1e1e019
 def memory_data(cfg: Config, n_train: int = 512, n_val: int = 128, num_classes: int = 8) -> Data:
@@ -236,6 +261,27 @@ def fake_epoch_writer(run_dir: str, n_epochs: int, n_reg: int = 4, pause: float 
                         logits=torch.zeros(K, 100), attn_prefix=att, attn_received=att[:, :, :, 0])
         store.append(e, r)
         time.sleep(pause)
+
+# %% ../nbs/11_testing.ipynb #e1e1f002
+SWEEP_BASE = dict(size='tiny', img_size=32, patch_size=8, epochs=3, analysis_freq=1, wandb_mode='disabled',
+                  data_fn='vitartifacts.testing:memory_data', num_workers=0)
+
+
+def fabricate_sweep(runs_dir: Path | str, spec: dict, final_acc) -> Path:
+    "A sweep folder under `runs_dir` whose points (spec on top of `SWEEP_BASE`) are done, with top-1 `final_acc(point)`; return the folder."
+    from vitartifacts.runs import atomic_save
+    from vitartifacts.sweep import load_sweep, prepare_sweep
+    sweep = load_sweep({**spec, 'base': {**SWEEP_BASE, **spec.get('base', {})}}, runs_dir=str(runs_dir))
+    prepare_sweep(sweep)
+    for i, p in enumerate(sweep.points):
+        fabricate_run(p.run_dir, model=p.cfg.model, n_epochs=p.cfg.epochs + 1, epoch_step=1, depth=2, n_heads=2,
+                      n_images=4, grid=(4, 4), patch_size=8, num_classes=8, seed=i)
+        p.cfg.save(p.run_dir / 'config.yaml')
+        lines = [dict(epoch=e, train_loss=1.0, val_loss=1.0, val_acc1=float(final_acc(p)) * e / p.cfg.epochs, val_acc5=1.0)
+                 for e in range(1, p.cfg.epochs + 1)]
+        atomic_write(p.run_dir / 'metrics.jsonl', lambda f: f.write(''.join(json.dumps(l) + '\n' for l in lines).encode()))
+        atomic_save({'fabricated': True}, p.run_dir / 'checkpoints' / 'final.pt')
+    return sweep.folder
 
 # %% ../nbs/11_testing.ipynb #e1e1e030
 def example_run(variant: str = 'vanilla', epochs: int = 4) -> Path:

@@ -225,8 +225,10 @@ def test_resuming_a_checkpoint_of_another_variant_is_one_sentence(tmp_path):
         res = vitartifacts('train', *TINY, '--epochs', '1', '--analysis_freq', '0', '--model', model, '--runs_dir', runs, '--run_name', name)
         assert res.returncode == 0, res.stderr
     shutil.copyfile(runs / 'g' / 'checkpoints' / 'latest.pt', runs / 'r' / 'checkpoints' / 'latest.pt')
+    before = tree(runs / 'r')
     refused(vitartifacts('train', *TINY, '--epochs', '2', '--analysis_freq', '0', '--runs_dir', runs, '--run_name', 'r', '--resume', 'true'),
-            'holds a model that does not fit this run', 'reg_token')
+            'holds a model that does not fit this run', 'reg_token', "put back the run's own latest.pt")
+    assert tree(runs / 'r') == before                       # config.yaml too: a refused resume changes nothing
 
 
 DISK_FULL = r'''

@@ -169,7 +169,7 @@ def prefix_tokens(layout: TokenLayout) -> dict[str, int]:
 
 def attention_maps(attn_prefix, layout: TokenLayout, rows) -> np.ndarray:
     "Attention of the prefix tokens at `rows` to the patches, on the grid: [..., P, T] -> [..., len(rows), h, w], in the dtype given (stored attention stays undecoded)."
-    a = as_numpy(attn_prefix)[..., list(rows), layout.n_prefix:]                     # ..., R, N
+    a = as_numpy(attn_prefix)[..., list(rows), layout.n_prefix:layout.n_tokens]      # ..., R, N (no bias slots)
     return a.reshape(*a.shape[:-1], *layout.grid)
 
 # %% ../nbs/07_analysis.ipynb #47c866f1
@@ -205,7 +205,8 @@ def attention_rollout(attn, head_fusion: str = 'mean', residual: bool = True, st
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion={head_fusion!r} is not a way to fuse heads; use 'mean', 'max' or 'min'.")
     a = getattr(a, head_fusion)(dim=2)
-    a = a if head_fusion == 'mean' else a.values                                 # depth, B, T, T
+    a = a if head_fusion == 'mean' else a.values                                 # depth, B, T, T+S
+    a = a[..., :a.shape[-2]]             # bias slots carry no token to trace back: drop their columns (rows renormalized below)
     if residual: a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
     a = a / a.sum(-1, keepdim=True)
     out = torch.eye(a.shape[-1], dtype=a.dtype).expand_as(a[0])
@@ -236,7 +237,7 @@ def _grid_distances(grid: tuple[int, int]) -> torch.Tensor:
 
 def mean_attention_distance(attn, layout: TokenLayout, patch_size: float = 1.0) -> np.ndarray:
     "Mean attention distance per layer and head (in patches, or pixels with `patch_size`): attn [depth, B, H, T, T] -> [depth, H]."
-    a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)[..., layout.n_prefix:, layout.n_prefix:]   # patch to patch
+    a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)[..., layout.n_prefix:, layout.n_prefix:layout.n_tokens]   # patch to patch
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
     return ((a * _grid_distances(layout.grid)).sum(-1).mean(dim=(1, 3)) * patch_size).numpy()
 
@@ -253,12 +254,15 @@ def attention_share(attn_received, tokens) -> np.ndarray:
 
 # %% ../nbs/07_analysis.ipynb #bdbc8965
 def sink_share(attn_received, layout: TokenLayout) -> dict[str, np.ndarray]:
-    "Attention share [depth, H] of each prefix token ('cls', 'reg0', ...), 'registers', 'patches' and the 'top patch' of each image."
+    """Attention share [depth, H] of each prefix token ('cls', 'reg0', ...), 'registers', 'patches', the 'top patch' of
+    each image, and of each bias slot ('attn_bias', 'softmax_one') with their sum 'bias slots'."""
     a = as_numpy(attn_received)
     out = {name: attention_share(a, i) for name, i in prefix_tokens(layout).items()}
     if layout.n_registers: out['registers'] = attention_share(a, list(layout.register_indices))
     out['patches'] = attention_share(a, list(layout.patch_indices))
-    out['top patch'] = a[..., layout.n_prefix:].max(-1).mean(1)
+    out['top patch'] = a[..., layout.n_prefix:layout.n_tokens].max(-1).mean(1)
+    out.update({name: attention_share(a, i) for name, i in layout.slot_indices.items()})
+    if layout.bias_slots: out['bias slots'] = attention_share(a, list(layout.slot_indices.values()))
     return out
 
 # %% ../nbs/07_analysis.ipynb #1cc95883
@@ -419,7 +423,8 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     if not epochs and not (run_dir / 'metrics.jsonl').exists():
         raise FileNotFoundError(f"{run_dir} holds neither probe epochs nor metrics.jsonl; is it a run folder?")
     settings = run_settings(run_dir)
-    row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'epochs') if k in settings})
+    row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'attn_bias', 'softmax_one', 'epochs')
+                                    if k in settings})
     acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
     row.update(final_val_acc1=acc[-1] if acc else math.nan, best_val_acc1=max(acc) if acc else math.nan)
     if epochs:
@@ -436,6 +441,7 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
                    max_norm_ratio=float(at_end.max_norm_ratio.max()), massive_ratio=float(stored_massive(store, last).ratio.max()),
                    cls_sink_share=float(shares['cls'].mean()) if 'cls' in shares else math.nan,
                    register_sink_share=float(shares['registers'].mean()) if 'registers' in shares else math.nan,
+                   bias_sink_share=float(shares['bias slots'].mean()) if 'bias slots' in shares else math.nan,
                    sink_rate=sink_rate(d['attn_received']).rate)
     return row
 

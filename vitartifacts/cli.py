@@ -59,6 +59,11 @@ def build_parser() -> Parser:
     pr.add_argument('--batch_size', '--batch-size', type=int, default=64, help='images per pass (default: %(default)s)')
     pr.add_argument('--device', default='cpu', help='where to run the model (default: %(default)s)')
     pr.add_argument('--save_weights', '--save-weights', action='store_true', help='also store the weights (bf16)')
+    pr.add_argument('--test_time_registers', '--test-time-registers', type=int, default=0, metavar='N',
+                    help='probe with N extra tokens onto which the register neurons found on these images are moved '
+                         '(Jiang et al. 2025, "Vision Transformers Don\'t Need Trained Registers"); the store records them')
+    pr.add_argument('--register_neurons', '--register-neurons', type=int, default=10, metavar='K',
+                    help='with --test_time_registers: how many top-ranked neurons to move (default: %(default)s)')
     r = sub.add_parser('report', help='write a self-contained HTML report of one or more runs')
     r.add_argument('runs', nargs='+', type=Path, metavar='RUN', help='run folders')
     r.add_argument('-o', '--out', type=Path, default=Path('report.html'), metavar='FILE', help='the HTML file to write')

@@ -43,6 +43,8 @@ class Config:
     size: str = setting('small', "model size: tiny (CPU), small (ViT-S), base (ViT-B)", MODEL_SIZES)
     n_registers: int = setting(4, "register tokens of the 'register' variant (0..16)")
     gate: str = setting('elementwise', "gate of the 'gated' variant", GATES)
+    attn_bias: bool = setting(False, "learnable key and value per head in every attention (Sun et al. 2024, Massive Activations in LLMs)")
+    softmax_one: bool = setting(False, "+1 in the attention softmax denominator (Miller 2023, Attention is off by one)")
     img_size: int = setting(224, "input resolution in pixels")
     patch_size: int = setting(16, "patch side in pixels")
     drop_path_rate: float = setting(0.05, "stochastic depth rate")

@@ -4,13 +4,15 @@
 
 # %% ../nbs/01_models.ipynb #5e1c1ca0
 from __future__ import annotations
-import math, warnings
+import functools, math, warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 import timm
+from fastcore.basics import patch
 from timm.layers import Attention, Format, PatchEmbed
+from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -18,8 +20,9 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from .config import MODELS, GATES, PATCH_EMBEDS   # the settings' choices, defined once
 
 # %% auto #0
-__all__ = ['SIZES', 'MAX_REGISTERS', 'HeadwiseGate', 'GatedAttention', 'HeadwiseGatedAttention', 'LinearPatchEmbed',
-           'create_model', 'read_state_dict', 'load_weights', 'infer_model_args', 'build_probe_model']
+__all__ = ['SIZES', 'MAX_REGISTERS', 'HeadwiseGate', 'GatedAttention', 'HeadwiseGatedAttention', 'BiasedAttention',
+           'attention_layer', 'LinearPatchEmbed', 'create_model', 'read_state_dict', 'load_weights', 'infer_model_args',
+           'build_probe_model']
 
 # %% ../nbs/01_models.ipynb #dae9d5d0
 SIZES = {
@@ -40,23 +43,90 @@ class HeadwiseGate(nn.Module):
     def forward(self, x):
         return self.proj(x).repeat_interleave(self.head_dim, dim=-1)  # B, N, H -> B, N, H*D
 
+# %% ../nbs/01_models.ipynb #3b0e51c7
+def _use_gate(attn: Attention, gate: str, dim: int, qkv_bias: bool):
+    "Make the gate of `attn` (timm's elementwise one, built with `gated=True`) the `gate` asked for."
+    if gate == 'headwise':
+        dd = dict(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+        attn.gate = HeadwiseGate(dim, attn.num_heads, attn.head_dim, bias=qkv_bias, **dd)
+    elif gate != 'elementwise':
+        raise ValueError(f"gate={gate!r} is not a gate; choose one of {', '.join(GATES)}.")
+    attn.gate_kind = gate
+
 # %% ../nbs/01_models.ipynb #8a1475ae
 class GatedAttention(Attention):
     "timm `Attention` with the sigmoid output gate of Qiu et al. (2025), elementwise or headwise."
     def __init__(self, dim: int, num_heads: int = 8, gate: str = 'elementwise', qkv_bias: bool = False, **kwargs):
         super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, gated=True, **kwargs)
-        if gate == 'headwise':
-            dd = dict(device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
-            self.gate = HeadwiseGate(dim, self.num_heads, self.head_dim, bias=qkv_bias, **dd)
-        elif gate != 'elementwise':
-            raise ValueError(f"gate={gate!r} is not a gate; choose one of {', '.join(GATES)}.")
-        self.gate_kind = gate
+        _use_gate(self, gate, dim, qkv_bias)
 
 # %% ../nbs/01_models.ipynb #7f5bfac1
 class HeadwiseGatedAttention(GatedAttention):
     "`GatedAttention` with one gate per head and token (timm's `attn_layer` must be a class)."
     def __init__(self, dim: int, num_heads: int = 8, **kwargs):
         super().__init__(dim, num_heads=num_heads, gate='headwise', **kwargs)
+
+# %% ../nbs/01_models.ipynb #5d0b7e22
+class BiasedAttention(Attention):
+    """timm `Attention` whose keys and values get slots that belong to no token, after the tokens' own: a learnable
+    k', v' per head (`attn_bias`, Sun et al. 2024) and a zero key and value (`softmax_one`, Miller 2023).
+    `gate` adds the output gate of `GatedAttention`."""
+    def __init__(self, dim: int, num_heads: int = 8,
+                 attn_bias: bool = False,      # learnable k', v' per head
+                 softmax_one: bool = False,    # a zero key and value: +1 in the softmax denominator
+                 gate: str | None = None,      # None, 'elementwise' or 'headwise'
+                 qkv_bias: bool = False, **kwargs):
+        super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, gated=gate is not None, **kwargs)
+        if gate is not None: _use_gate(self, gate, dim, qkv_bias)
+        dd = dict(device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        if attn_bias:
+            self.bias_k = nn.Parameter(torch.empty(self.attn_dim, **dd).normal_(std=0.02))   # H*D: k' of every head
+            self.bias_v = nn.Parameter(torch.empty(self.attn_dim, **dd).normal_(std=0.02))   # H*D: v' of every head
+        if softmax_one: self.register_buffer('zero_kv', torch.zeros(self.attn_dim, **dd))
+        self.bias_slots = ('attn_bias',) * attn_bias + ('softmax_one',) * softmax_one   # the key columns after the tokens
+
+# %% ../nbs/01_models.ipynb #5d0b7e23
+@patch
+def slot_kv(self: BiasedAttention, B: int, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Keys and values of the bias slots for a batch of `B`, [B, H, S, D] each."
+    ks = ([self.bias_k] if 'attn_bias' in self.bias_slots else []) + ([self.zero_kv] if 'softmax_one' in self.bias_slots else [])
+    vs = ([self.bias_v] if 'attn_bias' in self.bias_slots else []) + ([self.zero_kv] if 'softmax_one' in self.bias_slots else [])
+    shape = lambda t: torch.stack(t).to(dtype or t[0].dtype).view(1, len(t), self.num_heads, self.head_dim).transpose(1, 2)  # 1, H, S, D
+    return shape(ks).expand(B, -1, -1, -1), shape(vs).expand(B, -1, -1, -1)
+
+# %% ../nbs/01_models.ipynb #5d0b7e24
+@patch
+def forward(self: BiasedAttention, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    if is_causal: raise ValueError("is_causal=True is not defined with bias slots (every query sees them); leave it False.")
+    B, N, C = x.shape
+    gate = self.gate(x).sigmoid() if self.gate is not None else None
+    q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)   # B, H, N, D each
+    q, k = self.q_norm(q), self.k_norm(k)
+    sk, sv = self.slot_kv(B, k.dtype)
+    k, v = torch.cat([k, sk], 2), torch.cat([v, sv], 2)                                                   # B, H, N+S, D
+    if attn_mask is not None:   # every query may attend to the slots
+        attn_mask = F.pad(attn_mask, (0, len(self.bias_slots)), value=True if attn_mask.dtype == torch.bool else 0.)
+    if self.fused_attn:
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.)
+    else:
+        attn = (q * self.scale) @ k.transpose(-2, -1)                                                     # B, H, N, N+S
+        attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask)).softmax(dim=-1)
+        x = self.attn_drop(attn) @ v
+    x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+    if gate is not None: x = x * gate
+    return self.proj_drop(self.proj(x))
+
+# %% ../nbs/01_models.ipynb #5d0b7e26
+@functools.cache
+def attention_layer(gate: str | None = None, attn_bias: bool = False, softmax_one: bool = False) -> type[Attention]:
+    "The attention class for timm's `attn_layer`: timm's `Attention`, `GatedAttention`, or a `BiasedAttention` with these settings."
+    if not (attn_bias or softmax_one):
+        return {None: Attention, 'elementwise': GatedAttention, 'headwise': HeadwiseGatedAttention}[gate]
+    fixed = dict(gate=gate, attn_bias=attn_bias, softmax_one=softmax_one)
+    name = ''.join(['Headwise' * (gate == 'headwise'), 'Gated' * (gate is not None), 'Biased' * attn_bias,
+                    'SoftmaxOne' * softmax_one, 'Attention'])
+    return type(name, (BiasedAttention,), dict(__init__=functools.partialmethod(BiasedAttention.__init__, **fixed),
+                                               __module__=__name__, __doc__=f"`BiasedAttention` with {fixed}."))
 
 # %% ../nbs/01_models.ipynb #74efe19b
 class LinearPatchEmbed(PatchEmbed):
@@ -73,7 +143,7 @@ class LinearPatchEmbed(PatchEmbed):
         return self.norm(x if self.flatten else x.view(B, h, w, -1))
 
 # %% ../nbs/01_models.ipynb #02d5caa2
-def _check_args(variant, size, n_registers, gate, img_size, patch_size):
+def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias=False, softmax_one=False):
     "Raise one clear error for the first bad argument."
     if variant not in MODELS:
         raise ValueError(f"variant={variant!r} is not a model variant; choose one of {', '.join(MODELS)}.")
@@ -83,6 +153,8 @@ def _check_args(variant, size, n_registers, gate, img_size, patch_size):
         raise ValueError(f"n_registers={n_registers!r} is out of range; use an integer from 0 to {MAX_REGISTERS}.")
     if gate not in GATES:
         raise ValueError(f"gate={gate!r} is not a gate; choose one of {', '.join(GATES)}.")
+    for name, v in (('attn_bias', attn_bias), ('softmax_one', softmax_one)):
+        if not isinstance(v, bool): raise ValueError(f"{name}={v!r} must be True or False.")
     if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; "
                          f"pick an img_size that is a multiple of {patch_size}.")
@@ -96,13 +168,15 @@ def create_model(
     patch_size: int = 16,          # patch side in pixels
     n_registers: int = 4,          # register tokens, used by variant 'register' (0..16)
     gate: str = 'elementwise',     # gated variant: 'elementwise' or 'headwise'
+    attn_bias: bool = False,       # learnable k', v' per head in every attention (Sun et al. 2024)
+    softmax_one: bool = False,     # +1 in every attention's softmax denominator (Miller 2023)
     drop_path_rate: float = 0.05,  # stochastic depth (DeiT III ViT-S: 0.05)
     init_values: float = 1e-4,     # LayerScale init (DeiT III: 1e-4)
     patch_embed: str = 'conv',     # 'conv' (timm's PatchEmbed) or 'linear' (LinearPatchEmbed: same weights, one GEMM)
     **timm_kwargs,                 # anything else VisionTransformer takes
 ) -> VisionTransformer:
     "A DeiT III ViT of `variant` and `size`, built from timm's `VisionTransformer`."
-    _check_args(variant, size, n_registers, gate, img_size, patch_size)
+    _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias, softmax_one)
     if patch_embed not in PATCH_EMBEDS:
         raise ValueError(f"patch_embed={patch_embed!r} is not a patch embedding; choose one of {', '.join(PATCH_EMBEDS)}.")
     kwargs = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, qkv_bias=True,
@@ -110,7 +184,8 @@ def create_model(
                   **SIZES[size])
     if variant == 'register': kwargs['reg_tokens'] = n_registers
     if patch_embed == 'linear': kwargs['embed_layer'] = LinearPatchEmbed
-    if variant == 'gated': kwargs['attn_layer'] = HeadwiseGatedAttention if gate == 'headwise' else GatedAttention
+    layer = attention_layer(gate if variant == 'gated' else None, attn_bias, softmax_one)
+    if layer is not Attention: kwargs['attn_layer'] = layer
     kwargs.update(timm_kwargs)
     model = VisionTransformer(**kwargs)
     model.variant = variant
@@ -185,7 +260,7 @@ def load_weights(model: nn.Module, path, strict: bool = True, what: str = 'the m
 
 # %% ../nbs/01_models.ipynb #b7c1d002
 def infer_model_args(state_dict: dict) -> dict:
-    "create_model arguments (variant, size, n_registers, gate, patch_size, img_size, num_classes) read off one of our state dicts."
+    "create_model arguments (variant, size, n_registers, gate, attn_bias, softmax_one, patch_size, img_size, num_classes) read off one of our state dicts."
     sd = state_dict
     if 'patch_embed.proj.weight' not in sd or 'cls_token' not in sd:
         raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or cls_token); pass model= a timm model name.")
@@ -203,6 +278,7 @@ def infer_model_args(state_dict: dict) -> dict:
     elif any(k.endswith('attn.gate.weight') for k in sd): args.update(variant='gated', gate='elementwise')
     elif 'reg_token' in sd: args.update(variant='register', n_registers=int(sd['reg_token'].shape[1]))
     else: args.update(variant='vanilla')
+    args.update(attn_bias=any(k.endswith('attn.bias_k') for k in sd), softmax_one=any(k.endswith('attn.zero_kv') for k in sd))
     return args
 
 # %% ../nbs/01_models.ipynb #b7c1d004

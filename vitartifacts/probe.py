@@ -21,6 +21,7 @@ class TokenLayout:
     cls_index: int | None          # 0 when the model has a CLS token
     register_indices: list[int]    # indices of the register tokens (may be empty)
     grid: tuple[int, int]          # patch grid (h, w)
+    bias_slots: list[str] = field(default_factory=list)   # attention keys of no token, after the T tokens: 'attn_bias', 'softmax_one'
 
     @property
     def n_prefix(self) -> int: return self.n_tokens - self.grid[0] * self.grid[1]
@@ -29,15 +30,22 @@ class TokenLayout:
     @property
     def n_registers(self) -> int: return len(self.register_indices)
     @property
+    def n_keys(self) -> int: return self.n_tokens + len(self.bias_slots)
+    @property
+    def slot_indices(self) -> dict[str, int]:
+        "Each bias slot's name and its column of the attention maps (after the tokens): {'attn_bias': T, ...}."
+        return {name: self.n_tokens + i for i, name in enumerate(self.bias_slots)}
+    @property
     def prefix_names(self) -> list[str]:
         "Names of the prefix tokens: 'cls', 'reg0', 'reg1', ..."
         return (['cls'] if self.cls_index is not None else []) + [f'reg{i}' for i in range(self.n_registers)]
 
     def to_dict(self) -> dict: return dict(n_tokens=self.n_tokens, cls_index=self.cls_index,
-                                           register_indices=list(self.register_indices), grid=list(self.grid))
+                                           register_indices=list(self.register_indices), grid=list(self.grid),
+                                           bias_slots=list(self.bias_slots))
     @classmethod
     def from_dict(cls, d: dict) -> 'TokenLayout':
-        return cls(d['n_tokens'], d['cls_index'], list(d['register_indices']), tuple(d['grid']))
+        return cls(d['n_tokens'], d['cls_index'], list(d['register_indices']), tuple(d['grid']), list(d.get('bias_slots', [])))
 
 # %% ../nbs/02_probe.ipynb #62029545
 def token_layout(model: VisionTransformer, img_hw: tuple[int, int]) -> TokenLayout:
@@ -46,9 +54,11 @@ def token_layout(model: VisionTransformer, img_hw: tuple[int, int]) -> TokenLayo
     grid = (img_hw[0] // ph, img_hw[1] // pw)
     has_cls = getattr(model, 'cls_token', None) is not None
     n_reg = model.reg_token.shape[1] if getattr(model, 'reg_token', None) is not None else 0
-    start = int(has_cls)
+    start, n_ttr = int(has_cls), getattr(model, 'test_time_registers', 0)   # test-time registers follow every other prefix token
+    ttr = list(range(model.num_prefix_tokens - n_ttr, model.num_prefix_tokens))
+    slots = list(getattr(model.blocks[0].attn, 'bias_slots', ())) if len(model.blocks) else []
     return TokenLayout(model.num_prefix_tokens + grid[0] * grid[1], 0 if has_cls else None,
-                       list(range(start, start + n_reg)), grid)
+                       list(range(start, start + n_reg)) + ttr, grid, slots)
 
 # %% ../nbs/02_probe.ipynb #f048c6f9
 @dataclass
@@ -72,9 +82,9 @@ class ProbeResult:
     layout: TokenLayout
     massive: MassiveActivations
     logits: torch.Tensor                   # [B, num_classes]
-    attn: torch.Tensor | None = None       # [depth, B, H, T, T] attention probabilities (attention=True)
-    attn_prefix: torch.Tensor | None = None    # [depth, B, H, P, T] rows of the P prefix tokens (CLS, registers)
-    attn_received: torch.Tensor | None = None  # [depth, B, H, T] attention each token receives, mean over queries
+    attn: torch.Tensor | None = None       # [depth, B, H, T, S] attention probabilities (attention=True); S = layout.n_keys
+    attn_prefix: torch.Tensor | None = None    # [depth, B, H, P, S] rows of the P prefix tokens (CLS, registers)
+    attn_received: torch.Tensor | None = None  # [depth, B, H, S] attention each token (and bias slot) receives, mean over queries
     features: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, T, C] raw tokens
 
     @property
@@ -82,11 +92,12 @@ class ProbeResult:
 
 # %% ../nbs/02_probe.ipynb #35560f2a
 def _attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    "Softmax attention probabilities [B, H, N, N] recomputed in float32 from a timm Attention's qkv output."
+    "Softmax attention probabilities [B, H, N, N+S] recomputed in float32 from a timm Attention's qkv output (S bias slots)."
     B, N, _ = qkv.shape
     q, k, _ = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B, H, N, D each
     q, k = attn.q_norm(q.float()), attn.k_norm(k.float())
-    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # B, H, N, N
+    if getattr(attn, 'bias_slots', ()): k = torch.cat([k, attn.slot_kv(B, torch.float32)[0]], 2)   # B, H, N+S, D
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # B, H, N, N+S
 
 # %% ../nbs/02_probe.ipynb #e9e344fd
 def _massive(hidden: list[torch.Tensor], k: int = 3) -> MassiveActivations:

@@ -102,9 +102,13 @@ def probe_command(
     device: str = 'cpu',            # where to run the model
     attn_dtype: str = 'float16',    # attention storage format
     save_weights: bool = False,     # also store the weights (bf16) with the probe
+    test_time_registers: int = 0,   # extra tokens onto which the register neurons are moved (Jiang et al. 2025); 0: none
+    register_neurons: int = 10,     # how many of the top-ranked register neurons to move
 ) -> ProbeStore:
     "Probe `images` with the model in `weights` and write the probe store to `out`: `vitartifacts probe`."
     if n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1: the probe needs an image.")
+    if test_time_registers < 0 or register_neurons < 1:
+        raise ValueError(f"test_time_registers={test_time_registers} must be 0 or more and register_neurons={register_neurons} at least 1.")
     if img_size is not None and not 8 <= img_size <= MAX_IMG_SIZE:
         raise ValueError(f"img_size={img_size} must be from 8 to {MAX_IMG_SIZE} pixels.")
     net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
@@ -121,6 +125,12 @@ def probe_command(
     if (store.root / 'index.json').exists() and epoch in store.epochs:
         raise FileExistsError(f"{store.root} already holds probe epoch {epoch}; pass another --epoch to add this probe "
                               f"to the store (stored: {store.epochs}), or another --out.")
+    if test_time_registers:                 # found on the probe images themselves, then moved (the model file is untouched)
+        from vitartifacts.ttr import add_test_time_registers, find_register_neurons
+        found = find_register_neurons(net, x.to(device), top_k=register_neurons)
+        net = add_test_time_registers(net, found, n=test_time_registers)
+        info = dict(info, test_time_registers=test_time_registers,
+                    register_neurons=[dict(layer=f.layer, neuron=f.neuron, score=f.score) for f in found])
     result = probe_in_batches(net, x, batch_size)
     store.append(epoch, result, images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
                  model_info=dict(weights=str(Path(weights).resolve()), **info))

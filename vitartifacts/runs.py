@@ -161,7 +161,7 @@ def check_run_dir(cfg: Config):
     if holder: raise RunLocked(f"Run folder {run_dir} is in use by {holder}; wait for that run to end, or pick another run_name.")
     if cfg.resume:
         if not (run_dir / 'checkpoints' / 'latest.pt').exists():
-            again = ("the run stopped before its first checkpoint; pass overwrite=True instead of resume to start it again"
+            again = ("the run stopped before its first checkpoint; pass overwrite=True (--overwrite true) instead of resume to start it again"
                      if holds_run(run_dir) else "start the run without resume")
             raise FileNotFoundError(f"Cannot resume: {run_dir / 'checkpoints' / 'latest.pt'} does not exist; {again}.")
         saved = Config.load(run_dir / 'config.yaml')
@@ -173,16 +173,16 @@ def check_run_dir(cfg: Config):
     elif holds_run(run_dir) and not cfg.overwrite:
         if not (run_dir / 'checkpoints' / 'latest.pt').exists():   # resume would fail: say what works
             raise FileExistsError(f"Run folder {run_dir} already holds a run that stopped before its first checkpoint; "
-                                  "pass overwrite=True to start it again, or another run_name.")
-        raise FileExistsError(f"Run folder {run_dir} already holds a run; pass resume=True to continue it, "
-                              "overwrite=True to replace it, or another run_name.")
+                                  "pass overwrite=True (--overwrite true) to start it again, or another run_name.")
+        raise FileExistsError(f"Run folder {run_dir} already holds a run; pass resume=True (--resume true) to continue it, "
+                              "overwrite=True (--overwrite true) to replace it, or another run_name.")
     elif cfg.overwrite and run_dir.exists() and foreign_entries(run_dir) and not holds_project_run(run_dir):
         names = ', '.join(foreign_entries(run_dir)[:5])
         raise FileExistsError(f"Cannot overwrite {run_dir}: it holds no run of this project (no readable config.yaml) "
                               f"but other files ({names}); nothing was removed. Pick another run_name.")
 
 # %% ../nbs/00a_runs.ipynb #a1b2c318
-def make_run_dir(cfg: Config) -> Path:
+def make_run_dir(cfg: Config, write_config: bool = True) -> Path:
     "Clear the run's own files on overwrite (`RUN_ENTRIES`), create the folder and write config.yaml, once `check_run_dir(cfg)` has passed."
     run_dir = cfg.run_dir
     if cfg.overwrite and run_dir.exists():
@@ -192,7 +192,7 @@ def make_run_dir(cfg: Config) -> Path:
     (run_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
     for d in (run_dir, run_dir / 'checkpoints', run_dir / 'probes'):   # temporaries of a write that a kill cut short
         for p in d.glob('.*.tmp') if d.is_dir() else []: p.unlink()
-    cfg.save(run_dir / 'config.yaml')
+    if write_config: cfg.save(run_dir / 'config.yaml')
     return run_dir
 
 # %% ../nbs/00a_runs.ipynb #e15e6811

@@ -135,7 +135,7 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
     self.root.mkdir(parents=True, exist_ok=True)
     index = self.root / 'index.json'
     old = json.loads(index.read_text()) if index.exists() else {}
-    if old and old['layout'] != result.layout.to_dict():
+    if old and TokenLayout.from_dict(old['layout']).to_dict() != result.layout.to_dict():   # a store of before bias_slots reads as none
         raise ValueError(f"the probe result's token layout {result.layout.to_dict()} differs from the one stored "
                          f"in {index}; write this model's probes to another run folder.")
     shape = dict(depth=result.depth, n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]))

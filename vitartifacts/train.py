@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib, dataclasses, functools, json, math, os, random, time, uuid, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     from vitartifacts.models import create_model
     return create_model(cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size,
                         patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
+                        attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one,
                         drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed)
 
 # %% ../nbs/05_train.ipynb #a7ce25d4
@@ -268,7 +269,8 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     from vitartifacts.store import ProbeStore
     result = probe(model, probe_images, attention='summary')
     model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
-                      patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate)
+                      patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
+                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one)
     ProbeStore(run_dir, attn_dtype='auto').append(
         epoch, result, images=probe_images, labels=probe_labels,
         weights=model if cfg.probe_weights else None, model_info=model_info)
@@ -296,6 +298,7 @@ class Run:
     trackers: Trackers | None = None
     save_latest: Callable | None = None  # called mid-epoch every `save_steps` steps
     metrics: list = dataclasses.field(default_factory=list)  # the lines of metrics.jsonl
+    bar: Any = None                      # the epoch's step bar (tqdm), closed before an error is raised
 
 # %% ../nbs/05_train.ipynb #dbcbc046
 def account(pending: tuple, progress: Progress, run: Run) -> float:
@@ -307,7 +310,8 @@ def account(pending: tuple, progress: Progress, run: Run) -> float:
     if not math.isfinite(value):
         latest = run.run_dir / 'checkpoints' / 'latest.pt'
         kept = (f"{latest} holds the last good state (resume from it with a lower lr)" if latest.exists() else
-                "no checkpoint was written yet; start again with a lower lr (overwrite=True)")
+                "no checkpoint was written yet; start again with a lower lr and overwrite=True (--overwrite true)")
+        if run.bar is not None: run.bar.close()     # the sentence on a line of its own, not after the step bar
         raise NonFiniteLoss(f"Training loss became {value} at epoch {epoch + 1}, step {step_in_epoch + 1} of "
                             f"{run.steps_per_epoch} (global step {step + 1}); the run stopped and {kept}.")
     progress.loss_sum += value
@@ -318,8 +322,9 @@ def train_epoch(model, data: Data, run: Run, progress: Progress, rng_now: dict |
     "Train one epoch from `progress.step_in_epoch` on: data, forward, loss, backward, clip, step, schedule, log."
     cfg, dev, opt = run.cfg, run.dev, run.optimizer
     model.train()
-    bar = tqdm(total=run.steps_per_epoch, initial=progress.step_in_epoch, desc=f'epoch {progress.epoch + 1}/{cfg.epochs}',
-               disable=not dev.is_main, leave=False, mininterval=1.0, dynamic_ncols=True)
+    bar = run.bar = tqdm(total=run.steps_per_epoch, initial=progress.step_in_epoch, desc=f'epoch {progress.epoch + 1}/{cfg.epochs}',
+                         disable=None if dev.is_main else True,   # None: a bar on a terminal only, not in logs
+                         leave=False, mininterval=1.0, dynamic_ncols=True)
     lr_at, pending, last, t0 = lr_schedule(cfg, run.steps_per_epoch), None, None, time.perf_counter()
     for images, labels in epoch_batches(data.train_loader, progress, rng_now):
         images, labels = images.to(dev.device, non_blocking=True), labels.to(dev.device, non_blocking=True)
@@ -377,8 +382,9 @@ def load_checkpoint(path: Path, raw_model, run: Run) -> tuple[Progress, dict, st
     try: raw_model.load_state_dict(ckpt['model'])
     except (RuntimeError, KeyError, TypeError) as e:
         first = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e))[:160]
-        raise ValueError(f"Checkpoint {path} holds a model that does not fit this run ({first}); resume it with the "
-                         "settings in its config.yaml.") from None
+        raise ValueError(f"Checkpoint {path} holds a model that does not fit this run ({first}): it was saved by another "
+                         "model than the one its config.yaml describes; put back the run's own latest.pt, or train it "
+                         "as a new run.") from None
     run.optimizer.load_state_dict(ckpt['optimizer'])
     run.scaler.load_state_dict(ckpt['scaler'])
     return Progress(**ckpt['progress']), ckpt['rng'], ckpt.get('wandb_id')
@@ -390,14 +396,16 @@ def setup_run(cfg: Config, dev: Device, data: Data | None = None):
     data = data or build_data(cfg, dev.device)
     if len(data.train_loader) == 0:
         raise ValueError(f"Setting batch_size={cfg.batch_size} is larger than the training set; lower it.")
-    run_dir = make_run_dir(cfg) if dev.is_main else cfg.run_dir
+    run_dir = make_run_dir(cfg, write_config=not cfg.resume) if dev.is_main else cfg.run_dir   # resume: once the checkpoint fits
     if dev.distributed: dist.barrier()
     raw_model = build_model(cfg, data.num_classes).to(dev.device)
     optimizer = build_optimizer(raw_model, cfg)
     scaler = torch.amp.GradScaler(dev.device.type, enabled=dev.device.type == 'cuda' and cfg.precision == 'fp16')
     run = Run(cfg, dev, run_dir, optimizer, scaler, steps_per_epoch=len(data.train_loader))
     progress, rng_now, wandb_id = Progress(), None, None
-    if cfg.resume: progress, rng_now, wandb_id = load_checkpoint(run_dir / 'checkpoints' / 'latest.pt', raw_model, run)
+    if cfg.resume:
+        progress, rng_now, wandb_id = load_checkpoint(run_dir / 'checkpoints' / 'latest.pt', raw_model, run)
+        if dev.is_main: cfg.save(run_dir / 'config.yaml')   # a refused resume leaves the run folder as it was
     run.metrics = [m for m in read_metrics(run_dir) if m['epoch'] <= progress.epoch] if dev.is_main else []
     model = raw_model
     if dev.distributed:

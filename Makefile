@@ -11,10 +11,11 @@ STAMP   := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/jupyter_server_config.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	@mkdir -p $(VENV)/etc/jupyter && cp tools/jupyter_server_config.py $(VENV)/etc/jupyter/   # nbdev's clean-on-save hook
 	@touch $(STAMP)
 
 # DEMO_ARGS passes options through, e.g. `make demo DEMO_ARGS='--epochs 1 --runs_dir /tmp/demo'` (tests/test_demo.py)
@@ -34,8 +35,12 @@ sync-check: $(STAMP)
 nbtest: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
+# Most tests spend their time in subprocesses of one thread each (the installed command, papermill), so two run at a
+# time (pytest-xdist); the ones marked `serial` (a browser, `make demo`, the docs build, torchrun) run alone after them.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q tests/
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not serial" tests/
+	$(BIN)/python -m pytest -q -m serial tests/
 
 test: sync-check nbtest pytest
 

@@ -10,10 +10,12 @@
 Screenshots go to the pytest temporary folder (printed; `pytest --basetemp DIR` keeps them in DIR).
 The tests skip only when chromium is missing outside CI; in CI (CI=true) they must run.
 """
-import json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.serial   # `make test` runs these alone, after the tests that run two at a time
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
@@ -112,15 +114,12 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-@pytest.fixture()
-def jupyterlab(tmp_path):
-    "A JupyterLab server on 127.0.0.1 serving a folder with a copy of explore.ipynb; shut down afterwards."
-    root, home = tmp_path / 'lab', tmp_path / 'jupyter'
-    root.mkdir()
-    shutil.copy(REPO / 'nbs' / 'workflows' / 'explore.ipynb', root / 'explore.ipynb')   # the repo's copy stays clean
+@contextlib.contextmanager
+def lab_server(root, tmp_path, plugin_settings: dict):
+    "A JupyterLab server on 127.0.0.1 serving `root`, as `.venv/bin/jupyter lab` starts it (its config in sys.prefix included)."
+    home = tmp_path / 'jupyter'
     settings = home / 'settings'
-    for plugin, values in {'@jupyterlab/notebook-extension/tracker': {'windowingMode': 'none'},       # every cell in the DOM
-                           '@jupyterlab/apputils-extension/notification': {'fetchNews': 'false', 'checkForUpdates': False}}.items():
+    for plugin, values in plugin_settings.items():
         p = settings / f'{plugin}.jupyterlab-settings'
         p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(values))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / 'config'), JUPYTER_RUNTIME_DIR=str(home / 'runtime'),
@@ -150,6 +149,47 @@ def jupyterlab(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL); proc.wait()
         log.close()
+
+
+NO_NEWS = {'@jupyterlab/apputils-extension/notification': {'fetchNews': 'false', 'checkForUpdates': False}}   # no network here
+
+
+@pytest.fixture()
+def jupyterlab(tmp_path):
+    "A JupyterLab server serving a folder with a copy of explore.ipynb; shut down afterwards."
+    root = tmp_path / 'lab'
+    root.mkdir()
+    shutil.copy(REPO / 'nbs' / 'workflows' / 'explore.ipynb', root / 'explore.ipynb')   # the repo's copy stays clean
+    with lab_server(root, tmp_path, {'@jupyterlab/notebook-extension/tracker': {'windowingMode': 'none'}, **NO_NEWS}) as url:
+        yield url
+
+
+def test_saving_a_workflow_notebook_keeps_the_repo_clean(browser, tmp_path):
+    "JupyterLab with its default settings on the repo's own nbs/workflows/: run cells, save, and git finds nothing changed."
+    status = lambda: subprocess.run(['git', 'status', '--porcelain', '--', 'nbs'], cwd=REPO, capture_output=True, text=True).stdout
+    before = status()
+    with lab_server(REPO / 'nbs' / 'workflows', tmp_path, NO_NEWS) as url:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        page = browser.new_page(viewport={'width': 1400, 'height': 1000})
+        page.goto(f'{url}/lab/tree/train.ipynb')
+        page.wait_for_selector('.jp-NotebookPanel .jp-Cell', timeout=90_000)
+        try: page.locator('.jp-Dialog .jp-mod-accept').click(timeout=15_000)
+        except PlaywrightTimeout: pass
+        page.wait_for_function("""() => { const s = document.querySelector('.jp-Notebook-ExecutionIndicator');
+                                          return s && s.getAttribute('data-status') === 'idle'; }""", timeout=90_000)
+        page.locator('.jp-CodeCell').first.click()
+        for _ in range(2): page.keyboard.press('Shift+Enter')   # the parameters and the imports: execution counts, kernel metadata
+        page.wait_for_function("""() => [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]
+                                          .filter(p => /\\[\\d+\\]/.test(p.textContent)).length >= 2""", timeout=120_000)
+        page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output')].some(o => o.textContent.includes('model: vanilla'))",
+                               timeout=60_000)                      # the settings the second cell prints
+        page.keyboard.press('Control+s')
+        page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
+        saved = json.loads((REPO / 'nbs' / 'workflows' / 'train.ipynb').read_text())
+        page.close()
+    code = [c for c in saved['cells'] if c['cell_type'] == 'code']
+    assert [(c['execution_count'], c['outputs']) for c in code[:2]] == [(None, [])] * 2, code[:2]
+    assert status() == before, f'saving changed the repo:\n{status()}'
 
 
 def test_explore_notebook_in_jupyterlab(browser, jupyterlab, tmp_path):

@@ -2,6 +2,9 @@
 import json
 import subprocess
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.serial   # `make test` runs these alone, after the tests that run two at a time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +20,8 @@ def test_make_demo_trains_every_variant_and_writes_the_report(tmp_path):
         assert [l['epoch'] for l in lines] == [1], lines              # one epoch, numbered from 1
         assert 0 <= lines[0]['val_acc1'] <= 1
         assert (run / 'train.ipynb').exists() and (run / 'probes' / 'index.json').exists()
-        assert f'{run}' in done.stdout                                # the run folder is named where the user looks
+        assert f'training {variant} into {run} ...' in done.stdout      # the run folder first, where the user looks
+        assert 'epoch 1/1: train_loss' in done.stdout.split(f'training {variant} into')[1]   # and each epoch as it ends
     report = runs / 'demo-report.html'
     assert report.stat().st_size > 1_000_000                          # plotly.js inline, the three runs' data
     assert 'demo-register' in report.read_text()

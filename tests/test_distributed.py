@@ -17,6 +17,8 @@ from vitartifacts.config import Config
 from vitartifacts.runs import read_metrics
 from vitartifacts.train import train
 
+pytestmark = pytest.mark.serial   # `make test` runs these alone, after the tests that run two at a time
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Config(size='tiny', img_size=32, patch_size=8, epochs=2, batch_size=32, warmup_epochs=0.5, lr=4e-3,
               mixup_alpha=0, cutmix_alpha=0, drop_path_rate=0, num_workers=0, wandb_mode='disabled', analysis_freq=0,

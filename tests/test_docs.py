@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.serial   # `make test` runs these alone, after the tests that run two at a time
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / '.venv' / 'bin'
 QUARTO = shutil.which('quarto', path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -175,6 +175,7 @@ def run_command(args: argparse.Namespace):
         store = _command('probing', 'probe_command')(**kw)
         print(f"probe store: {getattr(store, 'root', store)}")
     elif args.command == 'report':
+        print(f"writing the report of {', '.join(str(r) for r in args.runs)} to {args.out} ...", flush=True)   # tens of seconds for big runs
         out = _command('report', 'report_command')([str(r) for r in args.runs], str(args.out))
         print(f"report: {out}")
     elif args.command == 'sweep': return _sweep_command(args)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse, shutil, sys, time
 from pathlib import Path
 
-from .config import MODELS
+from .sweep import EPOCH_LINE
 
 # %% auto #0
-__all__ = ['repo_root', 'train_variant', 'run_demo', 'main']
+__all__ = ['DEMO_VARIANTS', 'repo_root', 'EpochEcho', 'train_variant', 'run_demo', 'main']
 
 # %% ../nbs/10_demo.ipynb #14503a8b
 def repo_root() -> Path:
@@ -22,33 +22,47 @@ def repo_root() -> Path:
     return root
 
 # %% ../nbs/10_demo.ipynb #cbb4d199
-def train_variant(variant: str, runs_dir: Path, epochs: int | None = None, **parameters) -> Path:
+class EpochEcho:
+    "A file for the notebook's stdout that prints its epoch lines as they come, indented; the rest stays in the executed notebook."
+    def __init__(self, prefix: str = '  '): self.prefix, self.pending = prefix, ''
+    def write(self, text: str):
+        *lines, self.pending = (self.pending + text).split('\n')
+        for line in lines:
+            m = EPOCH_LINE.search(line.rstrip())
+            if m: print(self.prefix + m.group(1), flush=True)
+    def flush(self): pass
+
+
+def train_variant(variant: str, runs_dir: Path, epochs: int | None = None, echo: bool = True, **parameters) -> Path:
     "Execute the papermill training notebook for `variant` into `runs_dir/demo-<variant>/`; return the run folder."
     import papermill as pm
     run_dir = Path(runs_dir) / f'demo-{variant}'
-    if run_dir.exists():
-        print(f'replacing the previous demo run {run_dir}')
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)   # a previous demo run is replaced by the trainer's overwrite, which removes only a run's own files
     params = dict(model=variant, runs_dir=str(runs_dir), run_name=run_dir.name, overwrite=True, **parameters)
     if epochs is not None: params['epochs'] = epochs
     pm.execute_notebook(str(repo_root() / 'nbs/workflows/train.ipynb'), str(run_dir / 'train.ipynb'),
-                        parameters=params, cwd=str(repo_root()), progress_bar=False, log_output=False)
+                        parameters=params, cwd=str(repo_root()), progress_bar=False, log_output=False,
+                        stdout_file=EpochEcho() if echo else None)
     return run_dir
 
 # %% ../nbs/10_demo.ipynb #f9860bd5
-def run_demo(runs_dir='runs', variants=MODELS, epochs: int | None = None, report: str | None = None,
+DEMO_VARIANTS = ('vanilla', 'register', 'gated')   # the three ViTs of the study
+
+
+def run_demo(runs_dir='runs', variants=DEMO_VARIANTS, epochs: int | None = None, report: str | None = None,
              **parameters) -> dict:
     "Train every variant on the embedded dataset, then write the report; return where everything is."
     runs_dir = Path(runs_dir)
     run_dirs = []
-    for variant in variants:
+    for i, variant in enumerate(variants):
         t0 = time.perf_counter()
-        print(f'training {variant} ...', flush=True)
+        print(f'[{i + 1}/{len(variants)}] training {variant} into {runs_dir / f"demo-{variant}"} ...', flush=True)
         run_dirs.append(train_variant(variant, runs_dir, epochs, **parameters))
-        print(f'  {run_dirs[-1]} ({time.perf_counter() - t0:.0f} s)', flush=True)
+        print(f'  done in {time.perf_counter() - t0:.0f} s', flush=True)
     from vitartifacts.report import report_command
-    out = report_command([str(r) for r in run_dirs], str(report or runs_dir / 'demo-report.html'))
+    out = Path(report or runs_dir / 'demo-report.html')
+    print(f'writing the report of the {len(run_dirs)} runs to {out} ...', flush=True)
+    out = report_command([str(r) for r in run_dirs], str(out))
     return dict(runs=run_dirs, report=Path(out))
 
 # %% ../nbs/10_demo.ipynb #ecdc9253

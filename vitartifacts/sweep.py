@@ -14,9 +14,10 @@ from .config import Config, setting_names
 from .runs import atomic_write_json, atomic_write_text, lock_holder, read_metrics
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'SWEEP_FILE', 'EXECUTORS', 'STATES', 'SUBMITIT_GENERIC', 'point_name', 'Point', 'Sweep',
-           'load_sweep', 'log_path', 'point_state', 'sweep_status', 'format_status', 'point_parameters',
-           'point_command', 'start_point', 'finish_point', 'run_point', 'prepare_sweep', 'run_sweep']
+__all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'SWEEP_FILE', 'EXECUTORS', 'STATES', 'EPOCH_LINE', 'SUBMITIT_GENERIC', 'point_name',
+           'Point', 'Sweep', 'load_sweep', 'log_path', 'point_state', 'sweep_status', 'format_status',
+           'point_parameters', 'point_command', 'start_point', 'finish_point', 'run_point', 'prepare_sweep',
+           'run_sweep']
 
 # %% ../nbs/12_sweep.ipynb #5e0c0006
 SPEC_KEYS = ('name', 'base', 'grid', 'points', 'seeds', 'baseline', 'slurm')
@@ -162,7 +163,8 @@ def point_state(sweep: Sweep, point: Point) -> str:
     "One of `STATES` for `point`, read off its run folder."
     run_dir = point.run_dir
     metrics = read_metrics(run_dir) if run_dir.is_dir() else []
-    if (run_dir / 'checkpoints' / 'final.pt').exists() and metrics and metrics[-1]['epoch'] >= point.cfg.epochs: return 'done'
+    finished = metrics and (metrics[-1]['epoch'] >= point.cfg.epochs or metrics[-1].get('early_stop'))   # or stopped early
+    if (run_dir / 'checkpoints' / 'final.pt').exists() and finished: return 'done'
     if run_dir.is_dir() and lock_holder(run_dir, mine=False): return 'running'
     if _failure_path(sweep, point).exists(): return 'failed'
     if (run_dir / 'checkpoints' / 'latest.pt').exists(): return 'partial'
@@ -207,14 +209,14 @@ def point_command(point: Point, state: str) -> list[str]:
             '-y', yaml.safe_dump(point_parameters(point, state)), '--cwd', str(root), '--log-output', '--no-progress-bar']
 
 # %% ../nbs/12_sweep.ipynb #5e0c0024
-_EPOCH_LINE = re.compile(r'(epoch \d+/\d+: train_loss .*)$')   # the summary line, not the step bar
+EPOCH_LINE = re.compile(r'(epoch \d+/\d+: train_loss .*)$')   # the summary line, not the step bar
 
 
 def _pump(stream, log, prefix: str, echo: bool):
     "Copy the child's output to its log; echo its epoch lines, prefixed with the point's name."
     for line in iter(stream.readline, ''):
         log.write(line); log.flush()
-        m = _EPOCH_LINE.search(line.rstrip())
+        m = EPOCH_LINE.search(line.rstrip())
         if echo and m: print(f'  [{prefix}] {m.group(1)}', flush=True)
 
 

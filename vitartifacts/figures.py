@@ -20,10 +20,10 @@ from .views import RunView, data_uri
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'ViewState', 'layer_name', 'grey_image', 'tile_gap', 'tile',
-           'figure_data', 'json_safe', 'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings',
+__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'TRAINING_MAPS', 'ViewState', 'layer_name', 'grey_image', 'tile_gap',
+           'tile', 'figure_data', 'json_safe', 'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings',
            'pca_2d', 'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames',
-           'norm_gif', 'gif_bytes', 'runs_ratio_figure']
+           'norm_gif', 'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -536,4 +536,34 @@ def runs_ratio_figure(runs: list) -> go.Figure:
                                   hoverinfo='skip')])
     fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
     fig.update_layout(width=760, height=320, margin=dict(l=50, r=10, t=40, b=40))
+    return fig
+
+# %% ../nbs/08a_figures.ipynb #5e120002
+TRAINING_MAPS = {'outlier_ratio': 'outlier ratio', 'max_norm_ratio': 'max / median patch norm',
+                 'massive_ratio': 'massive activation / median', 'sink_rate': 'sink rate'}
+
+
+def training_measures(run: RunView, detector: str = 'bimodal') -> pd.DataFrame:
+    "One row per probe epoch and block: the four measures of `training_maps`."
+    from vitartifacts.analysis import massive_table, outliers_over_epochs, sinks_over_epochs
+    ov = outliers_over_epochs(run.store, detector, run.epochs)[['epoch', 'layer', 'outlier_ratio', 'max_norm_ratio']]
+    ov = ov[ov.layer < run.depth]                                            # blocks only: the final norm has no attention
+    mass = massive_table(run.store, run.epochs)[['epoch', 'layer', 'ratio']].rename(columns=dict(ratio='massive_ratio'))
+    sinks = sinks_over_epochs(run.store, run.epochs)[['epoch', 'layer', 'sink_rate']]
+    return ov.merge(mass, on=['epoch', 'layer'], how='left').merge(sinks, on=['epoch', 'layer'], how='left')
+
+
+def training_maps(run: RunView, detector: str = 'bimodal', measures: pd.DataFrame | None = None) -> go.Figure:
+    "Heat maps of probe epoch (x) by block (y) of the outlier ratio, max/median norm, massive-activation ratio and sink rate."
+    m = training_measures(run, detector) if measures is None else measures
+    fig = make_subplots(rows=2, cols=2, subplot_titles=list(TRAINING_MAPS.values()), horizontal_spacing=0.14, vertical_spacing=0.16)
+    for i, key in enumerate(TRAINING_MAPS):
+        z = m.pivot(index='layer', columns='epoch', values=key)
+        r, c = divmod(i, 2)
+        fig.add_trace(go.Heatmap(z=json_safe(z.values), x=list(z.columns), y=[layer_name(run, l) for l in z.index],
+                                 colorscale='Viridis', name=TRAINING_MAPS[key],
+                                 colorbar=dict(len=0.4, y=0.8 - 0.58 * r, x=0.43 + 0.57 * c, thickness=10)), row=r + 1, col=c + 1)
+    fig.update_xaxes(title_text='epoch', tickformat='d')
+    fig.update_layout(title=f'{run.name}: when and where ({detector} outliers)', width=860, height=560,
+                      margin=dict(l=70, r=20, t=70, b=40))
     return fig

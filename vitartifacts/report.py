@@ -16,7 +16,7 @@ from .runs import atomic_write
 from .store import decode_attention
 from .analysis import compare_runs, attention_maps
 from .views import RunView, DETECTOR_NAMES, prefix_attention, data_uri
-from .figures import (ExploreFigures, ViewState, weight_views, rollout_figure, posemb_figure, pca_figure, gif_bytes,
+from .figures import (ExploreFigures, ViewState, training_maps, weight_views, rollout_figure, posemb_figure, pca_figure, gif_bytes,
                                   runs_ratio_figure, grey_image)
 
 # %% auto #0
@@ -72,13 +72,13 @@ def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: 
                 sinks={k: _b64(v[idx]) for k, v in run.sinks.items()},
                 figures={k: _figure_json(f) for k, f in views.figs.items()})
     gif = base64.b64encode(gif_bytes(run, size=112, epochs=idx)).decode() if gif else None
-    static, data['weights_note'] = {}, ''
+    static, data['weights_note'] = {'training': training_maps(run, run.detectors[0])}, ''   # layer x epoch: when and where
     if weights:
         try:
             wv = weight_views(run, images=imgs)
             ims = run.images[wv.images] if run.images is not None else None
             embedded = 'CLS embeddings' if run.has_cls else 'pooled embeddings'
-            static = dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {wv.epoch}') if wv.rollout is not None else None,
+            static |= dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {wv.epoch}') if wv.rollout is not None else None,
                           posemb=posemb_figure(wv.posemb, f'position-embedding similarity, epoch {wv.epoch}'),
                           pca=pca_figure(wv.pca, wv.classes, wv.pca_var, f'{embedded} of the probe set (PCA), epoch {wv.epoch}'))
             static = {k: f for k, f in static.items() if f is not None}          # no CLS token: no rollout

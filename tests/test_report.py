@@ -96,4 +96,4 @@ def test_a_model_without_cls_token(tmp_path, n_registers):
     data = payload(out.read_text())['runs'][0]
     assert 'cls' not in data['arrays'] and 'heads' not in data['arrays']
     assert ('registers' in data['arrays']) == bool(n_registers)
-    assert data['static'] == (['posemb', 'pca'] if n_registers else [])
+    assert data['static'] == ['training'] + (['posemb', 'pca'] if n_registers else [])   # the layer x epoch view for every run

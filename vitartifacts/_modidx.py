@@ -441,6 +441,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'vitartifacts.probing.model_normalization': ( 'probing.html#model_normalization',
                                                                                     'vitartifacts/probing.py'),
                                       'vitartifacts.probing.named_probe_set': ('probing.html#named_probe_set', 'vitartifacts/probing.py'),
+                                      'vitartifacts.probing.pretrained_model': ('probing.html#pretrained_model', 'vitartifacts/probing.py'),
                                       'vitartifacts.probing.probe_command': ('probing.html#probe_command', 'vitartifacts/probing.py'),
                                       'vitartifacts.probing.probe_in_batches': ('probing.html#probe_in_batches', 'vitartifacts/probing.py'),
                                       'vitartifacts.probing.read_image_folder': ( 'probing.html#read_image_folder',

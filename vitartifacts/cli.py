@@ -43,7 +43,10 @@ def build_parser() -> Parser:
     pr = sub.add_parser('probe', help='probe a checkpoint on a set of images and write a probe store',
                         description="Run the probe pass of a checkpoint (this project's or a timm ViT file) and "
                                     "store norms, attention and massive activations.")
-    pr.add_argument('--weights', required=True, type=Path, metavar='FILE', help='checkpoint: .pt or .safetensors')
+    pr.add_argument('--weights', type=Path, default=None, metavar='FILE', help='checkpoint: .pt or .safetensors')
+    pr.add_argument('--pretrained', action='store_true',
+                    help="instead of --weights: timm's pretrained weights of --model NAME, through the Hugging Face hub "
+                         "(its local cache and HF_HUB_OFFLINE are honoured)")
     pr.add_argument('--images', required=True, metavar='DIR_OR_SET',
                     help="a folder of images (class subfolders give labels) or a probe set name of vitartifacts.data")
     pr.add_argument('--out', required=True, type=Path, metavar='DIR', help='run folder to write the probe store into')
@@ -170,7 +173,10 @@ def run_command(args: argparse.Namespace):
         run_dir = train(cfg)
         print(f"run folder: {run_dir}")
     elif args.command == 'probe':
-        if not args.weights.is_file(): raise FileNotFoundError(f"Weights file {args.weights} does not exist.")
+        if args.weights is None and not args.pretrained:
+            raise ValueError("probe needs --weights FILE, or --model NAME --pretrained for timm's pretrained weights.")
+        if args.weights is not None and args.pretrained: raise ValueError("Pass either --weights or --pretrained, not both.")
+        if args.weights is not None and not args.weights.is_file(): raise FileNotFoundError(f"Weights file {args.weights} does not exist.")
         kw = {k: v for k, v in vars(args).items() if k != 'command'}
         store = _command('probing', 'probe_command')(**kw)
         print(f"probe store: {getattr(store, 'root', store)}")

@@ -20,7 +20,7 @@ from .store import ProbeStore
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'MAX_IMG_SIZE', 'PROBE_SETS', 'model_normalization', 'read_image_folder', 'named_probe_set',
-           'probe_in_batches', 'probe_command']
+           'probe_in_batches', 'pretrained_model', 'probe_command']
 
 # %% ../nbs/06a_probing.ipynb #c6a0b006
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm')
@@ -42,14 +42,14 @@ def model_normalization(model) -> tuple[tuple, tuple]:
     return tuple(cfg.get('mean', IMAGENET_DEFAULT_MEAN)), tuple(cfg.get('std', IMAGENET_DEFAULT_STD))
 
 # %% ../nbs/06a_probing.ipynb #c6a0b008
-def read_image_folder(folder: Path | str, img_size: int, n_images: int = 64, mean=None, std=None, seed: int = 0):
-    "Up to `n_images` images of `folder` (the data module's seeded probe subset) through the evaluation transform; labels from class subfolders, else None."
+def read_image_folder(folder: Path | str, img_size: int, n_images: int = 64, mean=None, std=None, seed: int = 0, transform=None):
+    "Up to `n_images` images of `folder` (the data module's seeded probe subset) through the evaluation transform (or `transform`); labels from class subfolders, else None."
     folder = Path(folder)
     if not folder.is_dir(): raise NotADirectoryError(f"{folder} is not a folder of images.")
     files = sorted(p for p in map(Path, walk_files(folder)) if p.suffix.lower() in IMAGE_SUFFIXES)   # linked folders too, loops named
     if not files: raise FileNotFoundError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     all_files, files = files, [files[i] for i in probe_indices(len(files), min(n_images, len(files)), seed).tolist()]
-    tf = val_transform(img_size, mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD)
+    tf = transform or val_transform(img_size, mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD)
     x = torch.stack([tf(_read_image(p)) for p in files])
     if not all(p.parent != folder for p in files): return x, None
     classes = sorted({p.relative_to(folder).parts[0] for p in all_files if p.parent != folder})
@@ -85,9 +85,29 @@ def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> ProbeResul
     return ProbeResult(norms=cat('norms', 1), layout=parts[0].layout, massive=massive, logits=cat('logits', 0),
                        attn_prefix=cat('attn_prefix', 1), attn_received=cat('attn_received', 1))
 
+# %% ../nbs/06a_probing.ipynb #5e130002
+def pretrained_model(name: str):
+    "timm's `name` with its pretrained weights (loaded by timm from the Hugging Face hub or its local cache), its data config and info."
+    import timm
+    from timm.data import resolve_data_config
+    if not timm.is_model(name):
+        raise ValueError(f"model={name!r} is not a timm model name; `timm.list_pretrained('vit_*')` lists those with weights.")
+    try: net = timm.create_model(name, pretrained=True)
+    except (OSError, RuntimeError) as e:            # huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError
+        from huggingface_hub.constants import HF_HUB_CACHE, HF_HUB_OFFLINE
+        cfg = timm.models.get_pretrained_cfg(name)
+        where = f"the Hugging Face hub ({cfg.hf_hub_id})" if cfg and cfg.hf_hub_id else f"{cfg.url if cfg else name}"
+        raise FileNotFoundError(f"The pretrained weights of {name} are not in the local hub cache {HF_HUB_CACHE} and {where} "
+                                f"could not be reached{' (HF_HUB_OFFLINE is set)' if HF_HUB_OFFLINE else ''} ({type(e).__name__}); "
+                                "fetch them once where there is a network, or pass --weights FILE.") from None
+    data_cfg = resolve_data_config({}, model=net)
+    info = dict(timm_name=name, pretrained=net.pretrained_cfg.get('hf_hub_id') or name, img_size=int(data_cfg['input_size'][-1]),
+                num_classes=int(net.num_classes))
+    return net.eval(), data_cfg, info
+
 # %% ../nbs/06a_probing.ipynb #c6a0b017
 def probe_command(
-    weights: Path | str,            # a weights file: our checkpoint or safetensors, or a timm/DeiT/DINOv2 file
+    weights: Path | str | None,     # a weights file: our checkpoint or safetensors, or a timm/DeiT/DINOv2 file (None with `pretrained`)
     images: Path | str,             # a folder of images (class subfolders give labels) or a probe set name from vitartifacts.data
     out: Path | str,                # the folder to write the probe store into (out/probes)
     model: str | None = None,       # None: read our variant from the weights; a variant; or a timm model name
@@ -104,6 +124,7 @@ def probe_command(
     save_weights: bool = False,     # also store the weights (bf16) with the probe
     test_time_registers: int = 0,   # extra tokens onto which the register neurons are moved (Jiang et al. 2025); 0: none
     register_neurons: int = 10,     # how many of the top-ranked register neurons to move
+    pretrained: bool = False,       # timm's pretrained weights of `model` (through the Hugging Face hub) instead of a file
 ) -> ProbeStore:
     "Probe `images` with the model in `weights` and write the probe store to `out`: `vitartifacts probe`."
     if n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1: the probe needs an image.")
@@ -111,12 +132,23 @@ def probe_command(
         raise ValueError(f"test_time_registers={test_time_registers} must be 0 or more and register_neurons={register_neurons} at least 1.")
     if img_size is not None and not 8 <= img_size <= MAX_IMG_SIZE:
         raise ValueError(f"img_size={img_size} must be from 8 to {MAX_IMG_SIZE} pixels.")
-    net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
-                                  patch_size=patch_size, num_classes=num_classes)
+    transform = None
+    if pretrained:
+        if weights is not None or not model: raise ValueError("pretrained takes a timm model name (--model NAME) and no weights file.")
+        net, data_cfg, info = pretrained_model(model)
+        if img_size is None:                    # the model's own evaluation transform: size, interpolation, crop, normalisation
+            from timm.data import create_transform
+            transform = create_transform(**data_cfg)
+        source = f"hf-hub:{info['pretrained']}"
+    else:
+        if weights is None: raise ValueError("probe needs a weights file (--weights FILE), or a timm name with --pretrained.")
+        net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
+                                      patch_size=patch_size, num_classes=num_classes)
+        source = str(Path(weights).resolve())
     net = net.to(device)
     size_px = img_size or info.get('img_size') or net.patch_embed.img_size[0]
     mean, std = model_normalization(net)
-    if Path(images).is_dir(): x, labels = read_image_folder(images, size_px, n_images, mean, std)
+    if Path(images).is_dir(): x, labels = read_image_folder(images, size_px, n_images, mean, std, transform=transform)
     elif Path(images).exists(): raise ValueError(f"images={str(images)!r} is a file; pass a folder of images or a probe set name.")
     else: x, labels = named_probe_set(str(images), size_px, n_images, mean, std)
     store = ProbeStore(out, attn_dtype=attn_dtype)
@@ -133,5 +165,5 @@ def probe_command(
                     register_neurons=[dict(layer=f.layer, neuron=f.neuron, score=f.score) for f in found])
     result = probe_in_batches(net, x, batch_size)
     store.append(epoch, result, images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
-                 model_info=dict(weights=str(Path(weights).resolve()), **info))
+                 model_info=dict(weights=source, **info))
     return store

@@ -1,7 +1,7 @@
 """Sweeps run as a user runs them: the installed `vitartifacts sweep` and `vitartifacts results`, the submitit path
 through submitit's local executor, and the sweep notebook under papermill. Every run is the tiny model on the embedded
 in-memory data, one epoch."""
-import json, os, shutil, signal, subprocess, sys, time
+import dataclasses, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
@@ -28,59 +28,66 @@ def write_spec(path, **spec):
     return path
 
 
-def states(folder):
-    res = vitartifacts('sweep', folder, '--status')
+def states(folder, *args):
+    res = vitartifacts('sweep', folder, '--status', *args)
     assert res.returncode == 0, res.stderr
     return {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[:-1]}
 
 
-def _step_in_epoch(path):
-    try: return json.loads(path.read_text()).get('step_in_epoch', 0)
-    except (OSError, ValueError): return 0
-
-
 @pytest.fixture(scope='module')
 def grid_sweep(tmp_path_factory):
-    """A 2 x 2 grid over two seeds (8 runs, two at a time), interrupted with Ctrl-C once a point is under way with a
-    step checkpoint, then run again to the end."""
+    """A 2 x 2 grid over two seeds (8 runs, two at a time), stopped with Ctrl-C once a point is done and others are under
+    way or waiting, then run again to the end."""
     d = tmp_path_factory.mktemp('sweep')
     spec = write_spec(d / 'grid.yaml', name='grid', grid=dict(model=['vanilla', 'register'], patch_size=[4, 8]),
                       seeds=[0, 1], baseline=dict(model='vanilla', patch_size=8))
     folder = d / 'runs' / 'grid'
     first = subprocess.Popen(command() + ['sweep', str(spec), '--runs_dir', str(d / 'runs'), '--gpus', '0,1'], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    t0, seen = time.time(), None
-    while time.time() - t0 < 600 and first.poll() is None:     # until a point is done and another has an early step checkpoint
-        done = list(folder.glob('*/checkpoints/final.pt'))
-        early = [p for p in folder.glob('*/checkpoints/latest.json') if not (p.parent / 'final.pt').exists()
-                 and 0 < _step_in_epoch(p) <= 8]                 # of 16 steps: the rest takes longer than the Ctrl-C
-        if done and early: seen = early[0].parents[1].name; break
+    t0 = time.time()
+    while time.time() - t0 < 600 and first.poll() is None and not list(folder.glob('*/checkpoints/final.pt')):
         time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGINT)
+    os.killpg(first.pid, signal.SIGINT)                         # Ctrl-C in the terminal: the sweep and its points
     out1 = first.communicate(timeout=120)[0]
     before = states(folder)
     second = vitartifacts('sweep', spec, '--runs_dir', d / 'runs', '--gpus', '0,1')
-    return dict(folder=folder, spec=spec, first=(first.returncode, out1), seen=seen, before=before, second=second)
+    return dict(folder=folder, spec=spec, first=(first.returncode, out1), before=before, second=second)
 
 
-def test_a_grid_sweep_runs_every_point_and_resumes_after_ctrl_c(grid_sweep):
+def test_a_grid_sweep_runs_every_point_and_goes_on_after_ctrl_c(grid_sweep):
     code, out = grid_sweep['first']
     assert code == 130 and 'interrupted' in out, out[-2000:]
-    assert grid_sweep['seen'] and grid_sweep['before'][grid_sweep['seen']] == 'partial', grid_sweep['before']
-    assert 'done' in grid_sweep['before'].values()
+    before = grid_sweep['before']
+    assert 'done' in before.values() and set(before.values()) - {'done'} <= {'partial', 'pending'}, before   # no lock left
+    n_done = sum(s == 'done' for s in before.values())
+    assert n_done < 8
     res = grid_sweep['second']
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    n_done = sum(s == 'done' for s in grid_sweep['before'].values())
     assert f"8 points, {n_done} done or running, {8 - n_done} to run" in res.stdout
     assert set(states(grid_sweep['folder']).values()) == {'done'}
-    # the interrupted point resumed from its step checkpoint: its log shows a second attempt in state 'partial'
-    log = (grid_sweep['folder'] / 'logs' / f"{grid_sweep['seen']}.log").read_text()
-    assert f"{grid_sweep['seen']} (partial)" in log
     # each point is an ordinary run with its executed notebook
     run = grid_sweep['folder'] / 'model=register+patch_size=4+seed=1'
     assert (run / 'train.ipynb').exists() and (run / 'probes' / 'index.json').exists()
     cfg = yaml.safe_load((run / 'config.yaml').read_text())
     assert (cfg['model'], cfg['patch_size'], cfg['seed']) == ('register', 4, 1)
+
+
+def test_an_interrupted_point_resumes_from_its_checkpoint(tmp_path):
+    "A point with a checkpoint but not all its epochs (here: its first epoch trained by hand) is resumed, not restarted."
+    from vitartifacts.sweep import load_sweep, prepare_sweep
+    spec = write_spec(tmp_path / 'r.yaml', name='r', points=[dict(epochs=2)])
+    sweep = load_sweep(spec, str(tmp_path / 'runs'))
+    prepare_sweep(sweep)                                         # the sweep folder, as a first `vitartifacts sweep` makes it
+    point = sweep.points[0]
+    (tmp_path / 'one.yaml').write_text(yaml.safe_dump({**dataclasses.asdict(point.cfg), 'epochs': 1}))
+    first = vitartifacts('train', '--config', tmp_path / 'one.yaml')
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert states(spec, '--runs_dir', tmp_path / 'runs') == {point.name: 'partial'}
+    res = vitartifacts('sweep', spec, '--runs_dir', tmp_path / 'runs')
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert f'{point.name} (partial)' in (point.run_dir.parent / 'logs' / f'{point.name}.log').read_text()
+    lines = [json.loads(l) for l in (point.run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert [l['epoch'] for l in lines] == [1, 2]                 # epoch 1 kept, epoch 2 trained on from the checkpoint
 
 
 def test_results_table_has_intervals_around_the_means(grid_sweep):

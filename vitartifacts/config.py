@@ -11,20 +11,24 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES', 'PATCH_EMBEDS',
-           'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES', 'RUNTIME_SETTINGS', 'DEMO', 'NOTEBOOK_NAMES', 'setting',
-           'Config', 'setting_names', 'setting_help', 'check_mixup_batch', 'add_arguments', 'demo_config',
-           'check_notebook_names', 'from_namespace', 'parameters_cell']
+__all__ = ['MODELS', 'BASELINES', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES',
+           'PATCH_EMBEDS', 'POS_EMBEDS', 'AUGMENTS', 'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES',
+           'RUNTIME_SETTINGS', 'DEMO', 'NOTEBOOK_NAMES', 'setting', 'Config', 'setting_names', 'setting_help',
+           'check_mixup_batch', 'add_arguments', 'demo_config', 'check_notebook_names', 'from_namespace',
+           'parameters_cell']
 
 # %% ../nbs/00_config.ipynb #2a8446ca
-MODELS = ('vanilla', 'register', 'gated')
+MODELS = ('vanilla', 'register', 'gated')   # the ViT variants (what the probe and the demo take)
+BASELINES = ('cnn',)                        # models without tokens, trained by the same recipe, never probed
 MODEL_SIZES = ('tiny', 'small', 'base')
 GATES = ('elementwise', 'headwise')
 DATASETS = ('synthetic', 'imagefolder', 'fashion-mnist')
 WANDB_MODES = ('disabled', 'offline', 'online')
 PRECISIONS = ('bf16', 'fp16', 'fp32')
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-PATCH_EMBEDS = ('conv', 'linear')
+PATCH_EMBEDS = ('conv', 'linear', 'convstem')
+POS_EMBEDS = ('learn', 'none', 'sincos', 'learn_2d')
+AUGMENTS = ('deit3', 'none', 'strong', 'autoaugment', 'cutout')
 AUGMENT_KERNELS = ('bag', 'matmul', 'matmul-fp16')
 DATA_CACHES = ('auto', 'gpu', 'host')
 MIXUP_MODES = ('batch', 'pair', 'elem')
@@ -39,7 +43,7 @@ def setting(default, help: str, choices: tuple | None = None):
 class Config:
     "Every setting of a training run; defaults are the DeiT III ViT-S recipe (one device)."
     # model
-    model: str = setting('vanilla', "ViT variant", MODELS)
+    model: str = setting('vanilla', "ViT variant, or 'cnn': the two-conv CNN baseline (same loop and recipe, no probe)", MODELS + BASELINES)
     size: str = setting('small', "model size: tiny (CPU), small (ViT-S), base (ViT-B)", MODEL_SIZES)
     n_registers: int = setting(4, "register tokens of the 'register' variant (0..16)")
     gate: str = setting('elementwise', "gate of the 'gated' variant", GATES)
@@ -47,6 +51,8 @@ class Config:
     softmax_one: bool = setting(False, "+1 in the attention softmax denominator (Miller 2023, Attention is off by one)")
     img_size: int = setting(224, "input resolution in pixels")
     patch_size: int = setting(16, "patch side in pixels")
+    pos_embed: str = setting('learn', "position embedding of the patches: learned (timm's), none, fixed 2-D sin-cos, "
+                             "or a learned row plus column embedding (learn_2d)", POS_EMBEDS)
     drop_path_rate: float = setting(0.05, "stochastic depth rate")
     # data
     dataset: str = setting('', "dataset; empty means synthetic without data_path, imagefolder with it", DATASETS + ('',))
@@ -58,6 +64,9 @@ class Config:
     fast_data: bool = setting(False, "batched on-device augmentation of a `vitartifacts prepare-data` cache at data_path")
     color_jitter: float = setting(0.3, "ColorJitter strength (0 turns it off)")
     three_augment: bool = setting(True, "3-Augment: one of grayscale, solarize, Gaussian blur per image")
+    augment: str = setting('deit3', "train augmentation: deit3 (RRC, flip, 3-Augment, ColorJitter), none (the eval transform), "
+                           "strong (RRC, flip, RandAugment), autoaugment (RRC, flip, AutoAugment), cutout (RRC, flip, "
+                           "RandomErasing)", AUGMENTS)
     repeated_aug: bool = setting(False, "repeated-augmentation sampler (DeiT III's own command used it)")
     skip_corrupt: bool = setting(False, "skip and count unreadable images instead of failing")
     mixup_alpha: float = setting(0.8, "Mixup alpha (0 turns Mixup off)")
@@ -68,6 +77,7 @@ class Config:
     probe_size: int = setting(64, "images in the fixed, seeded probe set")
     # optimisation
     epochs: int = setting(800, "training epochs")
+    early_stop_patience: int = setting(0, "stop after this many epochs without a better validation top-1 (0: never)")
     batch_size: int = setting(256, "images per device and step; the global batch is this times the number of devices")
     lr: float = setting(4e-3, "peak learning rate of LAMB, used as given (not scaled by batch size)")
     min_lr: float = setting(1e-6, "learning rate at the end of the cosine")
@@ -80,7 +90,8 @@ class Config:
     compile: bool = setting(False, "torch.compile the model (and, with fast_data on CUDA, the augmentation's pixel ops)")
     compile_mode: str = setting('default', "torch.compile mode; max-autotune searches GEMM configs (minutes), "
                                 "reduce-overhead adds CUDA graphs", COMPILE_MODES)
-    patch_embed: str = setting('conv', "patch embedding as timm's strided conv or as one matmul (same weights)", PATCH_EMBEDS)
+    patch_embed: str = setting('conv', "patch embedding as timm's strided conv, as one matmul (same weights), or a "
+                               "convolutional stem of stride-2 3x3 convs (convstem, Xiao et al. 2021)", PATCH_EMBEDS)
     augment_kernel: str = setting('bag', "fast_data resampling: embedding_bag passes, or batched matmuls (matmul-fp16: "
                                   "half precision, within 0.25 grey levels)", AUGMENT_KERNELS)
     data_cache: str = setting('auto', "fast_data on CUDA: the uint8 cache in GPU memory (gpu), or memory-mapped on the host "
@@ -192,7 +203,7 @@ def _validate(cfg: Config):
     for name in ('epochs', 'batch_size', 'img_size', 'patch_size', 'nproc'):
         need(getattr(cfg, name) >= 1, f"Setting {name} must be at least 1, got {getattr(cfg, name)}.")
     need(cfg.num_workers >= -1, f"Setting num_workers must be -1 (automatic) or more, got {cfg.num_workers}.")
-    for name in ('probe_size', 'save_freq', 'save_steps', 'analysis_freq', 'log_freq', 'seed'):
+    for name in ('probe_size', 'early_stop_patience', 'save_freq', 'save_steps', 'analysis_freq', 'log_freq', 'seed'):
         need(getattr(cfg, name) >= 0, f"Setting {name} must be zero or positive, got {getattr(cfg, name)}.")
     need(cfg.drop_path_rate < 1, f"Setting drop_path_rate must be below 1, got {cfg.drop_path_rate}.")
     need(0 <= cfg.smoothing < 1, f"Setting smoothing must be in [0, 1), got {cfg.smoothing}.")
@@ -217,6 +228,12 @@ def _validate(cfg: Config):
          "Setting dataset='imagefolder' needs data_path, the folder holding train/ and val/.")
     need(not (cfg.fast_data and not cfg.data_path and not cfg.data_fn),
          "Setting fast_data needs data_path, a cache made by `vitartifacts prepare-data ROOT --out CACHE`.")
+    need(not (cfg.fast_data and cfg.augment != 'deit3'),
+         f"Setting augment={cfg.augment!r} cannot be done by fast_data, whose batched pipeline only knows deit3; "
+         "use fast_data=False (the PIL pipeline) for it.")
+    p = cfg.patch_size
+    need(cfg.patch_embed != 'convstem' or p & (p - 1) == 0,
+         f"Setting patch_embed='convstem' needs a power-of-two patch_size (its stride-2 convs halve the image), got {p}.")
 
 # %% ../nbs/00_config.ipynb #f74dec0f
 def _from_dict(cls, d: dict) -> Config:

@@ -21,8 +21,10 @@ from torchvision.transforms import InterpolationMode, v2
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.mixup import mixup_target
+from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 
-from .config import Config, DATASETS
+from .config import Config, AUGMENTS, DATASETS
 
 from .synthetic import DEFAULT_CACHE_DIR, cache_path, synthetic_root   # the embedded dataset
 
@@ -32,10 +34,10 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'DECODE_ERRORS', 'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PHOTOS', 'denormalize', 'image_grid',
            'class_folders', 'check_imagefolder', 'image_problem', 'walk_files', 'scan_split', 'open_image', 'to_rgb8',
            'decode_rgb', 'CheckedImageFolder', 'RandomResizedCropDraft', 'ResizeDraft', 'RandomGaussianBlur',
-           'ToNormalizedTensor', 'three_augment_transform', 'train_transform', 'val_transform', 'fashion_mnist_root',
-           'fashion_mnist', 'probe_indices', 'probe_set', 'photos', 'SmoothedTargets', 'build_mixup', 'EpochSampler',
-           'world', 'default_num_workers', 'build_loaders', 'Data', 'mixup_fn', 'resolve_dataset', 'data_fn_data',
-           'folder_data', 'build_data']
+           'ToNormalizedTensor', 'three_augment_transform', 'train_transform', 'val_transform', 'augment_transform',
+           'fashion_mnist_root', 'fashion_mnist', 'probe_indices', 'probe_set', 'photos', 'SmoothedTargets',
+           'build_mixup', 'EpochSampler', 'world', 'default_num_workers', 'build_loaders', 'Data', 'mixup_fn',
+           'resolve_dataset', 'data_fn_data', 'folder_data', 'build_data']
 
 # %% ../nbs/03_data.ipynb #aab3e690
 def denormalize(x: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
@@ -313,6 +315,22 @@ def val_transform(img_size=224, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT
     return v2.Compose([ResizeDraft(img_size, draft=draft), v2.CenterCrop(img_size),
                        ToNormalizedTensor(mean, std) if normalize else v2.PILToTensor()])
 
+# %% ../nbs/03_data.ipynb #a9c0e002
+def augment_transform(augment='deit3', img_size=224, crop_scale=(0.08, 1.0), hflip=0.5, three_augment=True,
+                      color_jitter=0.3, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, draft=True):
+    "The train transform of the setting `augment` (see `AUGMENTS`); 'deit3' is `train_transform`, 'none' `val_transform`."
+    if augment not in AUGMENTS: raise ValueError(f"augment={augment!r} is not an augmentation; choose one of {', '.join(AUGMENTS)}.")
+    if augment == 'deit3': return train_transform(img_size, crop_scale, hflip=hflip, three_augment=three_augment,
+                                                  color_jitter=color_jitter, mean=mean, std=std, draft=draft)
+    if augment == 'none': return val_transform(img_size, mean, std, draft=draft)
+    steps = [RandomResizedCropDraft(img_size, crop_scale, draft=draft)] + ([v2.RandomHorizontalFlip(hflip)] if hflip > 0 else [])
+    hparams = dict(translate_const=int(img_size * 0.45), img_mean=tuple(min(255, round(255 * m)) for m in mean))  # as timm's create_transform
+    if augment == 'strong': steps.append(rand_augment_transform('rand-m9-mstd0.5-inc1', hparams))
+    if augment == 'autoaugment': steps.append(auto_augment_transform('original', hparams))
+    steps.append(ToNormalizedTensor(mean, std))
+    if augment == 'cutout': steps.append(RandomErasing(probability=1.0, mode='const', max_count=1, device='cpu'))
+    return v2.Compose(steps)
+
 # %% ../nbs/03_data.ipynb #5f50a5a6
 FASHION_MNIST_DIR = Path('/usr/share/datasets/fashion-mnist')  # Debian's package dataset-fashion-mnist
 
@@ -578,8 +596,8 @@ def folder_data(
     "The PIL pipeline: an image folder, the synthetic set or Fashion-MNIST through per-image transforms and DataLoaders."
     dataset, img_size = resolve_dataset(cfg.dataset, cfg.data_path), cfg.img_size
     if img_size < 8: raise ValueError(f"img_size={img_size} must be at least 8 pixels.")
-    tf_train = train_transform(img_size, crop_scale, hflip=hflip, three_augment=cfg.three_augment,
-                               color_jitter=cfg.color_jitter, draft=draft)
+    tf_train = augment_transform(cfg.augment, img_size, crop_scale, hflip=hflip, three_augment=cfg.three_augment,
+                                 color_jitter=cfg.color_jitter, draft=draft)
     tf_val = val_transform(img_size, draft=draft)
     if dataset == 'fashion-mnist':
         root = fashion_mnist_root(cfg.data_path, cfg.cache_dir)

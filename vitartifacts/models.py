@@ -11,18 +11,19 @@ import torch
 from torch import nn
 import timm
 from fastcore.basics import patch
-from timm.layers import Attention, Format, PatchEmbed
+from timm.layers import Attention, Format, PatchEmbed, build_sincos2d_pos_embed
+from timm.layers.format import nchw_to
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .config import MODELS, GATES, PATCH_EMBEDS   # the settings' choices, defined once
+from .config import MODELS, BASELINES, GATES, PATCH_EMBEDS, POS_EMBEDS   # the settings' choices, defined once
 
 # %% auto #0
 __all__ = ['SIZES', 'MAX_REGISTERS', 'HeadwiseGate', 'GatedAttention', 'HeadwiseGatedAttention', 'BiasedAttention',
-           'attention_layer', 'LinearPatchEmbed', 'create_model', 'read_state_dict', 'load_weights', 'infer_model_args',
-           'build_probe_model']
+           'attention_layer', 'LinearPatchEmbed', 'ConvStemPatchEmbed', 'RowColumnPosEmbed', 'patch_embed_layer',
+           'TwoConvNet', 'create_model', 'read_state_dict', 'load_weights', 'infer_model_args', 'build_probe_model']
 
 # %% ../nbs/01_models.ipynb #dae9d5d0
 SIZES = {
@@ -142,6 +143,71 @@ class LinearPatchEmbed(PatchEmbed):
         x = F.linear(x, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)   # B, N, D
         return self.norm(x if self.flatten else x.view(B, h, w, -1))
 
+# %% ../nbs/01_models.ipynb #c5e1a002
+class ConvStemPatchEmbed(PatchEmbed):
+    "timm's `PatchEmbed` with the convolutional stem of Xiao et al. (2021) in place of the p x p strided convolution."
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, **kwargs):
+        super().__init__(img_size, patch_size, in_chans, embed_dim, **kwargs)
+        (p, q), dd = self.patch_size, {k: kwargs[k] for k in ('device', 'dtype') if k in kwargs}
+        if p != q or p & (p - 1):
+            raise ValueError(f"patch_embed='convstem' needs a square power-of-two patch size (each stride-2 conv halves "
+                             f"the image), got {self.patch_size}.")
+        n, layers, c = p.bit_length() - 1, [], in_chans
+        for i in range(1, n + 1):   # widths double up to embed_dim: 48, 96, 192, 384 for ViT-S/16
+            w = max(embed_dim >> (n - i), 8)
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False, **dd), nn.BatchNorm2d(w, **dd), nn.ReLU(inplace=True)]
+            c = w
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c, embed_dim, 1, bias=kwargs.get('bias', True), **dd)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        if self.img_size is not None and self.strict_img_size:
+            torch._assert((H, W) == tuple(self.img_size), f"Input size ({H}, {W}) doesn't match model {tuple(self.img_size)}.")
+        x = self.proj(self.stem(x))                         # B, D, H/p, W/p
+        if self.flatten: x = x.flatten(2).transpose(1, 2)   # B, N, D
+        elif self.output_fmt != Format.NCHW: x = nchw_to(x, self.output_fmt)
+        return self.norm(x)
+
+# %% ../nbs/01_models.ipynb #c5e1a007
+class RowColumnPosEmbed:
+    "Mixin for a patch embedding class: adds a learned embedding per patch row plus one per patch column (`learn_2d`)."
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        (h, w), D = self.grid_size, self.proj.out_channels
+        dd = dict(device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+        self.pos_row = nn.Parameter(torch.empty(h, 1, D, **dd).normal_(std=0.02))   # H, 1, D
+        self.pos_col = nn.Parameter(torch.empty(1, w, D, **dd).normal_(std=0.02))   # 1, W, D
+
+    def forward(self, x):
+        x = super().forward(x)                                  # B, N, D (or B, H, W, D)
+        pos = self.pos_row + self.pos_col                       # H, W, D
+        return x + (pos.flatten(0, 1) if x.ndim == 3 else pos)
+
+# %% ../nbs/01_models.ipynb #c5e1a008
+@functools.cache
+def patch_embed_layer(patch_embed: str = 'conv', pos_embed: str = 'learn') -> type[PatchEmbed]:
+    "The class for timm's `embed_layer`: `PatchEmbed`, `LinearPatchEmbed` or `ConvStemPatchEmbed`, with `RowColumnPosEmbed` for learn_2d."
+    if patch_embed not in PATCH_EMBEDS:
+        raise ValueError(f"patch_embed={patch_embed!r} is not a patch embedding; choose one of {', '.join(PATCH_EMBEDS)}.")
+    if pos_embed not in POS_EMBEDS:
+        raise ValueError(f"pos_embed={pos_embed!r} is not a position embedding; choose one of {', '.join(POS_EMBEDS)}.")
+    base = dict(conv=PatchEmbed, linear=LinearPatchEmbed, convstem=ConvStemPatchEmbed)[patch_embed]
+    if pos_embed != 'learn_2d': return base
+    return type(f'RowColumn{base.__name__}', (RowColumnPosEmbed, base), dict(__module__=__name__))
+
+# %% ../nbs/01_models.ipynb #c5e1a00b
+class TwoConvNet(nn.Sequential):
+    "The CNN baseline: conv32-pool-conv64-pool-fc (3x3 convs with BatchNorm and ReLU, 2x2 max pools)."
+    def __init__(self, num_classes: int = 100, img_size: int = 224, in_chans: int = 3, widths: tuple = (32, 64)):
+        layers, c = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c = w
+        s = img_size >> len(widths)                                           # side of the last feature map
+        super().__init__(*layers, nn.Flatten(), nn.Linear(c * s * s, num_classes))
+        self.num_classes, self.img_size = num_classes, img_size
+
 # %% ../nbs/01_models.ipynb #02d5caa2
 def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias=False, softmax_one=False):
     "Raise one clear error for the first bad argument."
@@ -159,6 +225,13 @@ def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bia
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; "
                          f"pick an img_size that is a multiple of {patch_size}.")
 
+# %% ../nbs/01_models.ipynb #c5e1a00d
+def _freeze_sincos(model: VisionTransformer):
+    "Fill timm's `pos_embed` slot with the 2-D sin-cos table and stop it from training (same state dict keys as `learn`)."
+    table = build_sincos2d_pos_embed(list(model.patch_embed.grid_size), model.embed_dim)   # N, D
+    with torch.no_grad(): model.pos_embed.copy_(table.unsqueeze(0))
+    model.pos_embed.requires_grad_(False)
+
 # %% ../nbs/01_models.ipynb #cf1978e5
 def create_model(
     variant: str = 'vanilla',      # 'vanilla', 'register' or 'gated'
@@ -172,22 +245,31 @@ def create_model(
     softmax_one: bool = False,     # +1 in every attention's softmax denominator (Miller 2023)
     drop_path_rate: float = 0.05,  # stochastic depth (DeiT III ViT-S: 0.05)
     init_values: float = 1e-4,     # LayerScale init (DeiT III: 1e-4)
-    patch_embed: str = 'conv',     # 'conv' (timm's PatchEmbed) or 'linear' (LinearPatchEmbed: same weights, one GEMM)
+    patch_embed: str = 'conv',     # 'conv' (timm's PatchEmbed), 'linear' (LinearPatchEmbed: same weights, one GEMM) or 'convstem'
+    pos_embed: str = 'learn',      # 'learn', 'none', 'sincos' (fixed) or 'learn_2d' (row + column)
     **timm_kwargs,                 # anything else VisionTransformer takes
 ) -> VisionTransformer:
-    "A DeiT III ViT of `variant` and `size`, built from timm's `VisionTransformer`."
+    "A DeiT III ViT of `variant` and `size`, built from timm's `VisionTransformer`; `variant='cnn'` is the `TwoConvNet` baseline."
+    if variant in BASELINES:
+        model = TwoConvNet(num_classes, img_size)
+        model.variant = variant
+        return model
     _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias, softmax_one)
-    if patch_embed not in PATCH_EMBEDS:
-        raise ValueError(f"patch_embed={patch_embed!r} is not a patch embedding; choose one of {', '.join(PATCH_EMBEDS)}.")
+    embed_layer = patch_embed_layer(patch_embed, pos_embed)
     kwargs = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, qkv_bias=True,
                   no_embed_class=True, init_values=init_values, drop_path_rate=drop_path_rate,
                   **SIZES[size])
     if variant == 'register': kwargs['reg_tokens'] = n_registers
-    if patch_embed == 'linear': kwargs['embed_layer'] = LinearPatchEmbed
+    if embed_layer is not PatchEmbed: kwargs['embed_layer'] = embed_layer
+    if pos_embed in ('none', 'learn_2d'): kwargs['pos_embed'] = 'none'   # learn_2d: added by the patch embedding
     layer = attention_layer(gate if variant == 'gated' else None, attn_bias, softmax_one)
     if layer is not Attention: kwargs['attn_layer'] = layer
     kwargs.update(timm_kwargs)
     model = VisionTransformer(**kwargs)
+    if pos_embed == 'sincos': _freeze_sincos(model)
+    if pos_embed == 'learn_2d':   # DeiT III's LAMB groups: no weight decay or trust ratio on position embeddings
+        exempt = model.no_weight_decay() | {'patch_embed.pos_row', 'patch_embed.pos_col'}
+        model.no_weight_decay = lambda: exempt
     model.variant = variant
     return model
 
@@ -258,22 +340,36 @@ def load_weights(model: nn.Module, path, strict: bool = True, what: str = 'the m
     model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in mismatched}, strict=False)
     return report
 
+# %% ../nbs/01_models.ipynb #c5e1a017
+def _pos_embed_of(sd: dict, dim: int) -> tuple[int | None, str]:
+    "The patch grid side (None when nothing tells it) and the `pos_embed` of a state dict."
+    if 'patch_embed.pos_row' in sd: return sd['patch_embed.pos_row'].shape[0], 'learn_2d'
+    if 'pos_embed' not in sd: return None, 'none'
+    n_pos = sd['pos_embed'].shape[1]
+    g = math.isqrt(n_pos)
+    if g * g != n_pos:
+        raise ValueError(f"the weights' position embedding has {n_pos} entries, not a square grid of patches (a ViT that embeds "
+                         "the CLS position, like timm's original ViT or DINOv2?); pass model= its timm model name.")
+    table = build_sincos2d_pos_embed([g, g], dim)
+    fixed = sd['pos_embed'].shape[-1] == dim and torch.allclose(sd['pos_embed'][0].float(), table, atol=1e-2)  # bf16 copies too
+    return g, 'sincos' if fixed else 'learn'
+
 # %% ../nbs/01_models.ipynb #b7c1d002
 def infer_model_args(state_dict: dict) -> dict:
     "create_model arguments (variant, size, n_registers, gate, attn_bias, softmax_one, patch_size, img_size, num_classes) read off one of our state dicts."
     sd = state_dict
     if 'patch_embed.proj.weight' not in sd or 'cls_token' not in sd:
         raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or cls_token); pass model= a timm model name.")
-    dim, patch = sd['patch_embed.proj.weight'].shape[0], sd['patch_embed.proj.weight'].shape[-1]
-    n_pos = sd['pos_embed'].shape[1]
-    if math.isqrt(n_pos) ** 2 != n_pos:
-        raise ValueError(f"the weights' position embedding has {n_pos} entries, not a square grid of patches (a ViT that embeds "
-                         "the CLS position, like timm's original ViT or DINOv2?); pass model= its timm model name.")
+    stem = [k for k in sd if k.startswith('patch_embed.stem.') and k.endswith('.weight') and sd[k].ndim == 4]   # convstem's convs
+    dim, patch = sd['patch_embed.proj.weight'].shape[0], 2 ** len(stem) if stem else sd['patch_embed.proj.weight'].shape[-1]
+    grid, pos = _pos_embed_of(sd, dim)
     depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
     size = next((s for s, a in SIZES.items() if a['embed_dim'] == dim and a['depth'] == depth), None)
     if size is None: raise ValueError(f"the weights have width {dim} and depth {depth}, which is none of the sizes {', '.join(SIZES)}; pass model= a timm model name.")
-    args = dict(size=size, patch_size=int(patch), img_size=math.isqrt(n_pos) * int(patch),
+    args = dict(size=size, patch_size=int(patch), **(dict(img_size=grid * int(patch)) if grid else {}),
                 num_classes=int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0)
+    if stem: args['patch_embed'] = 'convstem'
+    if pos != 'learn': args['pos_embed'] = pos
     if any(k.endswith('attn.gate.proj.weight') for k in sd): args.update(variant='gated', gate='headwise')
     elif any(k.endswith('attn.gate.weight') for k in sd): args.update(variant='gated', gate='elementwise')
     elif 'reg_token' in sd: args.update(variant='register', n_registers=int(sd['reg_token'].shape[1]))
@@ -291,7 +387,8 @@ def build_probe_model(weights: Path | str, model: str | None = None, **model_arg
         if model is not None and model != info['variant']:
             raise ValueError(f"model={model!r} does not match {weights}, which holds a {info['variant']} model.")
         info.update({k: v for k, v in model_args.items() if v is not None})
-        net = create_model(**{k: v for k, v in info.items()}, drop_path_rate=0.0)
+        anysize = {} if 'img_size' in info else dict(dynamic_img_size=True)   # pos_embed none: nothing fixes the size
+        net = create_model(**{k: v for k, v in info.items()}, drop_path_rate=0.0, **anysize)
     else:
         if not timm.is_model(model): raise ValueError(f"model={model!r} is neither a variant ({', '.join(MODELS)}) nor a timm model name.")
         kw = {k: v for k, v in model_args.items() if v is not None and k in ('img_size', 'num_classes')}

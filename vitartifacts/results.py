@@ -87,6 +87,7 @@ def val_correct(run_dir: Path | str, device: str = 'cpu') -> np.ndarray:
 # %% ../nbs/12a_results.ipynb #5e0d0017
 ARTIFACT_MEASURES = {'final_outlier_ratio': 'outlier_ratio', 'max_norm_ratio': 'max_norm_ratio',
                      'cls_sink_share': 'cls_sink_share', 'register_sink_share': 'register_sink_share',
+                     'bias_sink_share': 'bias_sink_share',
                      'massive_ratio': 'massive_ratio'}   # run_summary's names -> the table's
 
 
@@ -129,6 +130,7 @@ def sweep_results(spec, baseline: dict | None = None) -> pd.DataFrame:
     base_key = next((k for k, ps in groups.items() if _matches(ps[0], baseline)), None) if baseline else next(iter(groups))
     if base_key is None: raise ValueError(f"No finished point of {sweep.folder} matches the baseline {baseline}.")
     accs = {k: _accuracy(ps) for k, ps in groups.items()}
+    varied = list(dict.fromkeys(s for p in done for s in p.overrides if s != 'seed'))   # every row shows every setting a point sets
     rows = []
     for k, ps in groups.items():
         (top1, lo, hi), over, values = accs[k]
@@ -137,7 +139,7 @@ def sweep_results(spec, baseline: dict | None = None) -> pd.DataFrame:
         elif over == base_over == 'images': diff = paired_difference(values[0], base_values[0])
         else: diff = bootstrap_difference(values if over == 'seeds' else [top1], base_values if base_over == 'seeds' else [accs[base_key][0][0]])
         arts = pd.DataFrame([_artifacts(p.run_dir) for p in ps]).mean(numeric_only=True).to_dict()
-        rows.append(dict(setting=k, **{s: v for s, v in ps[0].overrides.items() if s != 'seed'}, seeds=len(ps),
+        rows.append(dict(setting=k, **{s: getattr(ps[0].cfg, s) for s in varied}, seeds=len(ps),
                          top1=top1, top1_lo=lo, top1_hi=hi, interval_over=over,
                          diff=diff[0], diff_lo=diff[1], diff_hi=diff[2], **arts))
     table = pd.DataFrame(rows).set_index('setting')

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, BASELINES
 from .data import Data, build_data
 from .runs import (atomic_write, atomic_write_text, atomic_save, check_run_dir, make_run_dir, keep_copy,
                                read_metrics, run_lock, write_metrics)
@@ -23,18 +23,18 @@ from .runs import (atomic_write, atomic_write_text, atomic_save, check_run_dir, 
 # %% auto #0
 __all__ = ['build_model', 'build_optimizer', 'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed',
            'autocast', 'set_determinism', 'rng_state', 'set_rng_state', 'save_weights', 'Progress', 'epoch_batches',
-           'soft_targets', 'evaluate', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'NonFiniteLoss', 'Run',
-           'account', 'train_epoch', 'checkpoint_state', 'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch',
-           'train', 'launch']
+           'soft_targets', 'evaluate', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'epochs_since_best',
+           'early_stop_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch', 'checkpoint_state', 'save_checkpoint',
+           'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'stopped_early', 'launch']
 
 # %% ../nbs/05_train.ipynb #d52f650c
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    "The ViT of `cfg` with `num_classes` outputs."
+    "The model of `cfg` (a ViT, or the CNN baseline) with `num_classes` outputs."
     from vitartifacts.models import create_model
     return create_model(cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size,
                         patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
                         attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one,
-                        drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed)
+                        drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed)
 
 # %% ../nbs/05_train.ipynb #a7ce25d4
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -270,7 +270,7 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     result = probe(model, probe_images, attention='summary')
     model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
                       patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one)
+                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed)
     ProbeStore(run_dir, attn_dtype='auto').append(
         epoch, result, images=probe_images, labels=probe_labels,
         weights=model if cfg.probe_weights else None, model_info=model_info)
@@ -280,6 +280,17 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
 def probe_due(epoch: int, cfg: Config) -> bool:
     "Whether the probe runs after `epoch` finished epochs."
     return cfg.analysis_freq > 0 and (epoch % cfg.analysis_freq == 0 or epoch == cfg.epochs)
+
+# %% ../nbs/05_train.ipynb #e5a0b002
+def epochs_since_best(metrics: list[dict]) -> int:
+    "Epochs since the first line with the best validation top-1 (0: the last line is it)."
+    accs = [m['val_acc1'] for m in metrics]
+    return len(accs) - 1 - accs.index(max(accs)) if accs else 0
+
+
+def early_stop_due(metrics: list[dict], cfg: Config) -> bool:
+    "Whether the run stops after the last of the metrics lines `metrics`: `early_stop_patience` epochs without a better top-1."
+    return cfg.early_stop_patience > 0 and epochs_since_best(metrics) >= cfg.early_stop_patience
 
 # %% ../nbs/05_train.ipynb #9c9ed9f4
 class NonFiniteLoss(FloatingPointError):
@@ -419,10 +430,16 @@ def setup_run(cfg: Config, dev: Device, data: Data | None = None):
 def end_epoch(run: Run, data: Data, raw_model, progress: Progress, line: dict, probe_hook):
     "After an epoch (main process): the metrics line, the probe pass when due, the checkpoints."
     cfg, run_dir = run.cfg, run.run_dir
+    if progress.epoch < cfg.epochs and early_stop_due(run.metrics + [line], cfg): line['early_stop'] = True
     run.metrics.append(line); write_metrics(run_dir, run.metrics)
     run.trackers.log({k: v for k, v in line.items() if k not in ('epoch', 'step')} | dict(epoch=line['epoch']), progress.step)
     print(_summary(line, cfg), flush=True)
-    if probe_due(progress.epoch, cfg): _probe(probe_hook, run, raw_model, data, progress.epoch)
+    if line.get('early_stop'):
+        best = max(m['val_acc1'] for m in run.metrics)
+        print(f"Early stop after epoch {line['epoch']} of {cfg.epochs}: {cfg.early_stop_patience} epochs without a better "
+              f"validation top-1 than {best:.3f}; the final checkpoint is this epoch's.", flush=True)
+    last = line.get('early_stop') and cfg.analysis_freq > 0   # a stopped run's last epoch is probed as the last one
+    if probe_due(progress.epoch, cfg) or last: _probe(probe_hook, run, raw_model, data, progress.epoch)
     save_checkpoint(raw_model, run, progress)
     if cfg.save_freq and progress.epoch % cfg.save_freq == 0: _snapshot(raw_model, run_dir, f'epoch_{progress.epoch:04d}')
 
@@ -439,9 +456,11 @@ def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = o
         if dev.is_main: held.enter_context(run_lock(cfg.run_dir))   # one writer per run folder, until this process ends
         set_determinism(cfg, dev.rank)
         run, data, raw_model, model, progress, rng_now = setup_run(cfg, dev, data)
+        if cfg.model in BASELINES and dev.is_main:
+            print(f"model={cfg.model!r} has no tokens to probe: no probe pass, and no probes/ store in {run.run_dir}.", flush=True)
         if progress.step == 0 and dev.is_main: _probe(probe_hook, run, raw_model, data, 0)
         if progress.step_in_epoch == 0 and rng_now is not None: set_rng_state(rng_now); rng_now = None
-        while progress.epoch < cfg.epochs:
+        while progress.epoch < cfg.epochs and not stopped_early(run):
             train_epoch(model, data, run, progress, rng_now)
             rng_now, t_eval = None, time.perf_counter()
             line = dict(epoch=progress.epoch + 1, step=progress.step, train_loss=progress.loss_sum / run.steps_per_epoch,
@@ -457,6 +476,13 @@ def train(cfg: Config, data: Data | None = None, probe_hook: Callable | None = o
         torch.use_deterministic_algorithms(deterministic_before)
         held.close()
     return run.run_dir
+
+# %% ../nbs/05_train.ipynb #e5a0b004
+def stopped_early(run: Run) -> bool:
+    "Whether the run's last metrics line says it stopped early (the main process's word, on every process)."
+    flag = [bool(run.metrics) and bool(run.metrics[-1].get('early_stop'))]
+    if run.dev.distributed: dist.broadcast_object_list(flag, src=0)
+    return flag[0]
 
 # %% ../nbs/05_train.ipynb #f056a0c4
 def _summary(line: dict, cfg: Config) -> str:
@@ -474,7 +500,7 @@ def _snapshot(raw_model, run_dir: Path, name: str):
 # %% ../nbs/05_train.ipynb #4cdfd1e3
 def _probe(hook, run: Run, raw_model, data: Data, epoch: int):
     "Call the probe hook with the bare model in eval mode, outside autocast, without touching the generators."
-    if hook is None or data.probe_images is None or len(data.probe_images) == 0: return
+    if hook is None or run.cfg.model in BASELINES or data.probe_images is None or len(data.probe_images) == 0: return
     state, was_training = rng_state(), raw_model.training
     raw_model.eval()
     try: hook(run.run_dir, epoch, raw_model, data.probe_images.to(run.dev.device), run.cfg, data.probe_labels)

@@ -39,7 +39,7 @@ nbtest: $(STAMP)
 # time (pytest-xdist); the ones marked `serial` (a browser, `make demo`, the docs build, torchrun) run alone after them.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not serial" tests/
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" tests/
 	$(BIN)/python -m pytest -q -m serial tests/
 
 test: sync-check nbtest pytest

@@ -29,7 +29,7 @@ def test_help_lists_every_setting():
 @pytest.mark.parametrize('args, message', [
     (['train', '--lr', '-1'], "Setting lr must be positive, got -1.0."),
     (['train', '--batch_size', '0'], "Setting batch_size must be at least 1, got 0."),
-    (['train', '--model', 'resnet'], "Setting model='resnet' is not one of 'vanilla', 'register', 'gated'."),
+    (['train', '--model', 'resnet'], "Setting model='resnet' is not one of 'vanilla', 'register', 'gated', 'cnn'."),
     (['train', '--data_path', '/no/such/imagenet'], "Setting data_path='/no/such/imagenet' does not exist"),
     (['train', '--epohcs', '3'], "Unknown option --epohcs; did you mean --epochs?"),
     (['train', '--epochs', 'many'], "Argument --epochs: invalid int value: 'many'"),

@@ -48,7 +48,7 @@ def grid_sweep(tmp_path_factory):
     while time.time() - t0 < 600 and first.poll() is None and not list(folder.glob('*/checkpoints/final.pt')):
         time.sleep(0.1)
     os.killpg(first.pid, signal.SIGINT)                         # Ctrl-C in the terminal: the sweep and its points
-    out1 = first.communicate(timeout=120)[0]
+    out1 = first.communicate(timeout=300)[0]
     before = states(folder)
     second = vitartifacts('sweep', spec, '--runs_dir', d / 'runs', '--gpus', '0,1')
     return dict(folder=folder, spec=spec, first=(first.returncode, out1), before=before, second=second)

@@ -250,18 +250,23 @@ def run_point(sweep: Sweep, point: Point, env: dict | None = None, echo: bool = 
     proc, pump = start_point(sweep, point, env, echo)
     try: proc.wait()
     except BaseException:                       # Ctrl-C or a kill of the sweep: the point stops too, resumable
-        _stop(proc); raise
+        _stop([proc]); raise
     finally: pump.join(timeout=10)
     return finish_point(sweep, point, proc.returncode)
 
 
-def _stop(proc: subprocess.Popen):
-    "Interrupt the point's process group (papermill and its kernel), then kill what is left after 30 s."
-    try:
-        os.killpg(proc.pid, signal.SIGINT); proc.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try: os.killpg(proc.pid, signal.SIGKILL)
+def _stop(procs: list):
+    "Interrupt the points' process groups (papermill and its kernel) together, then kill what is left after 15 s."
+    for proc in procs:
+        try: os.killpg(proc.pid, signal.SIGINT)
         except ProcessLookupError: pass
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try: proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try: os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+            proc.wait()
 
 # %% ../nbs/12_sweep.ipynb #5e0c0027
 def prepare_sweep(sweep: Sweep):
@@ -294,7 +299,10 @@ def _run_local(sweep: Sweep, todo: list, gpus: list | None, echo: bool) -> dict:
                 p, gpu = queue.pop(0), slots.pop(0)
                 print(f"[{len(states) + len(running) + 1}/{len(todo)}] {p.name}: {point_state(sweep, p)}"
                       + (f" on GPU {gpu}" if gpu is not None else '') + f"; log {log_path(sweep, p)}", flush=True)
-                running[p.name] = (p, gpu, time.perf_counter(), *start_point(sweep, p, None if gpu is None else dict(CUDA_VISIBLE_DEVICES=str(gpu)), echo))
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})   # a Ctrl-C now waits until
+                try: running[p.name] = (p, gpu, time.perf_counter(),                             # the point is known, to stop it
+                                        *start_point(sweep, p, None if gpu is None else dict(CUDA_VISIBLE_DEVICES=str(gpu)), echo))
+                finally: signal.pthread_sigmask(signal.SIG_SETMASK, held)
             for name, (p, gpu, t0, proc, pump) in list(running.items()):
                 if proc.poll() is None: continue
                 pump.join(timeout=10); del running[name]; slots.append(gpu)
@@ -302,7 +310,7 @@ def _run_local(sweep: Sweep, todo: list, gpus: list | None, echo: bool) -> dict:
                 print(_ended(sweep, p, states[name], time.perf_counter() - t0), flush=True)
             time.sleep(0.2)
     except BaseException:
-        for p, _, _, proc, _ in running.values(): _stop(proc)
+        _stop([proc for _, _, _, proc, _ in running.values()])
         raise
     return states
 

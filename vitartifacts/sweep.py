@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_sweep.ipynb #5e0c0003
 from __future__ import annotations
-import dataclasses, itertools, json, os, re, shutil, signal, subprocess, sys, threading, time
+import contextlib, dataclasses, itertools, json, os, re, shutil, signal, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,29 +289,42 @@ def prepare_sweep(sweep: Sweep):
     atomic_write_text(folder / SWEEP_FILE, yaml.safe_dump(sweep.spec, sort_keys=False))
 
 # %% ../nbs/12_sweep.ipynb #5e0c0029
+@contextlib.contextmanager
+def _stop_requests():
+    """While a sweep runs its points, a Ctrl-C or SIGTERM only sets a flag that the loop reads between two steps: an
+    exception raised in the middle of starting a point would leave that point running, unknown to us. (A blocked signal
+    would do the same for us, but a child inherits the mask, and papermill would then ignore our own Ctrl-C.)"""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread(): yield flag; return   # signals reach the main thread only
+    old = {s: signal.signal(s, lambda *_: flag.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield flag
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+
 def _run_local(sweep: Sweep, todo: list, gpus: list | None, echo: bool) -> dict:
     "Run `todo` here, one at a time or one per GPU of `gpus`; return name -> final state."
     states, slots, running = {}, list(gpus or [None]), {}
     queue = list(todo)
-    try:
-        while queue or running:
-            while queue and slots:
-                p, gpu = queue.pop(0), slots.pop(0)
-                print(f"[{len(states) + len(running) + 1}/{len(todo)}] {p.name}: {point_state(sweep, p)}"
-                      + (f" on GPU {gpu}" if gpu is not None else '') + f"; log {log_path(sweep, p)}", flush=True)
-                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})   # a Ctrl-C now waits until
-                try: running[p.name] = (p, gpu, time.perf_counter(),                             # the point is known, to stop it
-                                        *start_point(sweep, p, None if gpu is None else dict(CUDA_VISIBLE_DEVICES=str(gpu)), echo))
-                finally: signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            for name, (p, gpu, t0, proc, pump) in list(running.items()):
-                if proc.poll() is None: continue
-                pump.join(timeout=10); del running[name]; slots.append(gpu)
-                states[name] = finish_point(sweep, p, proc.returncode)
-                print(_ended(sweep, p, states[name], time.perf_counter() - t0), flush=True)
-            time.sleep(0.2)
-    except BaseException:
-        _stop([proc for _, _, _, proc, _ in running.values()])
-        raise
+    with _stop_requests() as stop:
+        try:
+            while queue or running:
+                if stop.is_set(): raise KeyboardInterrupt
+                while queue and slots and not stop.is_set():
+                    p, gpu = queue.pop(0), slots.pop(0)
+                    print(f"[{len(states) + len(running) + 1}/{len(todo)}] {p.name}: {point_state(sweep, p)}"
+                          + (f" on GPU {gpu}" if gpu is not None else '') + f"; log {log_path(sweep, p)}", flush=True)
+                    running[p.name] = (p, gpu, time.perf_counter(),
+                                       *start_point(sweep, p, None if gpu is None else dict(CUDA_VISIBLE_DEVICES=str(gpu)), echo))
+                for name, (p, gpu, t0, proc, pump) in list(running.items()):
+                    if proc.poll() is None: continue
+                    pump.join(timeout=10); del running[name]; slots.append(gpu)
+                    states[name] = finish_point(sweep, p, proc.returncode)
+                    print(_ended(sweep, p, states[name], time.perf_counter() - t0), flush=True)
+                stop.wait(0.2)
+        except BaseException:
+            _stop([proc for _, _, _, proc, _ in running.values()])
+            raise
     return states
 
 

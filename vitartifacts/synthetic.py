@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = '~/.cache/vitartifacts'
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_CACHE_DIR', 'SHAPES', 'PATTERNS', 'STYLES', 'SYNTHETIC_VERSION', 'SYNTHETIC_PRESETS', 'cache_path',
-           'synthetic_classes', 'synthetic_image', 'write_synthetic', 'synthetic_root']
+__all__ = ['log', 'DEFAULT_CACHE_DIR', 'SHAPES', 'PATTERNS', 'STYLES', 'MAX_COUNT', 'COUNT_SHAPES', 'TASKS', 'SYNTHETIC_VERSION',
+           'SYNTHETIC_PRESETS', 'cache_path', 'synthetic_classes', 'synthetic_image', 'sparse_image', 'task_image',
+           'write_synthetic', 'synthetic_root']
 
 # %% ../nbs/03b_synthetic.ipynb #5b5b0004
 def cache_path(cache_dir=None) -> Path:
@@ -32,10 +33,22 @@ PATTERNS = ('solid', 'outline', 'striped', 'checkered', 'twotone')
 STYLES = PATTERNS + tuple(f'pair-{p}' for p in PATTERNS)
 
 
-def synthetic_classes(num_classes: int) -> list[str]:
-    "Folder names of the synthetic classes: class c is shape c % 10 drawn in style c // 10 (so 10 classes are 10 solid shapes)."
-    if not 1 <= num_classes <= len(SHAPES) * len(STYLES):
-        raise ValueError(f"num_classes={num_classes} is out of range for the synthetic dataset; pick 1 to {len(SHAPES) * len(STYLES)}.")
+MAX_COUNT = 8   # the most objects of the count task
+COUNT_SHAPES = ('disk', 'square', 'diamond', 'plus', 'ring', 'hexagon')   # compact ones: one object is one blob at any size
+
+
+TASKS = ('shapes', 'count', 'same')   # what a class is: a shape and style, a number of objects, two equal shapes or not
+
+
+def synthetic_classes(num_classes: int, task: str = 'shapes') -> list[str]:
+    """Folder names of the synthetic classes. `shapes`: class c is shape c % 10 drawn in style c // 10 (so 10 classes are
+    10 solid shapes); `count`: class c holds c + 1 objects; `same`: two objects of different (0) or the same (1) shape."""
+    if task not in TASKS: raise ValueError(f"Unknown synthetic task {task!r}; pick one of {', '.join(TASKS)}.")
+    top = dict(shapes=len(SHAPES) * len(STYLES), count=MAX_COUNT, same=2)[task]
+    if not 1 <= num_classes <= top:
+        raise ValueError(f"num_classes={num_classes} is out of range for the synthetic {task} task; pick 1 to {top}.")
+    if task == 'count': return [f"{c:03d}_count{c + 1}" for c in range(num_classes)]
+    if task == 'same': return ['000_different', '001_same'][:num_classes]
     return [f"{c:03d}_{SHAPES[c % len(SHAPES)]}_{STYLES[c // len(SHAPES)]}" for c in range(num_classes)]
 
 
@@ -108,8 +121,10 @@ from statistics import NormalDist
 _GAUSS_256 = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], np.float32)  # standard normal quantiles
 
 # %% ../nbs/03b_synthetic.ipynb #01f36040
-def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0) -> Image.Image:
-    "One synthetic RGB image (size is width, height) of class `class_index`: its shape and style on one or two large flat regions."
+def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0,
+                    object_size: tuple | None = None) -> Image.Image:
+    """One synthetic RGB image (size is width, height) of class `class_index`: its shape and style on one or two large flat
+    regions. `object_size` (low, high) draws the object's radius as that share of the shorter side instead of the default."""
     W, H = size
     shape, style = SHAPES[class_index % len(SHAPES)], STYLES[class_index // len(SHAPES)]
     pair, pattern = style.startswith('pair-'), style.removeprefix('pair-')
@@ -122,7 +137,7 @@ def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), n
         if rng.random() < 0.5: canvas.paste(bg2, (0, int(rng.uniform(0.3, 0.8) * h), w, h))
         else: canvas.paste(bg2, (int(rng.uniform(0.3, 0.8) * w), 0, w, h))
     fg, fg2 = _object_colors(rng, class_index % len(SHAPES), len(SHAPES), colorsys.rgb_to_hsv(*(c / 255 for c in bg))[2])
-    r = min(w, h) * (rng.uniform(0.15, 0.22) if pair else rng.uniform(0.22, 0.36))
+    r = min(w, h) * (rng.uniform(*object_size) if object_size else rng.uniform(0.15, 0.22) if pair else rng.uniform(0.22, 0.36))
     centres = []
     for _ in range(2 if pair else 1):
         for _ in range(50):  # inside the image and apart from each other
@@ -138,10 +153,55 @@ def synthetic_image(class_index: int, rng: np.random.Generator, size=(64, 64), n
         if pattern == 'outline': mask = ImageChops.subtract(mask, _shape_mask(shape, box, lx, ly, 0.8 * r, rot))
         canvas.paste(_pattern(pattern, box, rng, fg, fg2, max(2.0, r / 3)), (x0, y0), mask)
     if ss > 1: canvas = canvas.reduce(ss)
-    if noise > 0:  # sensor-like grain, so that the JPEGs are not trivially compressible
-        grain = np.round(noise * _GAUSS_256).astype(np.int16)[rng.integers(0, 256, (H, W, 3), dtype=np.uint8)]
-        canvas = Image.fromarray(np.clip(np.asarray(canvas, np.int16) + grain, 0, 255).astype(np.uint8))
-    return canvas
+    return _grain(canvas, rng, noise)
+
+
+def _grain(canvas: Image.Image, rng, noise: float) -> Image.Image:
+    "Sensor-like grain, so that the JPEGs are not trivially compressible."
+    if noise <= 0: return canvas
+    W, H = canvas.size
+    grain = np.round(noise * _GAUSS_256).astype(np.int16)[rng.integers(0, 256, (H, W, 3), dtype=np.uint8)]
+    return Image.fromarray(np.clip(np.asarray(canvas, np.int16) + grain, 0, 255).astype(np.uint8))
+
+# %% ../nbs/03b_synthetic.ipynb #e19a0002
+def sparse_image(task: str, class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0,
+                 object_size: tuple = (0.05, 0.07)) -> Image.Image:
+    "One image of the `count` or `same` task: small solid objects of one colour on one flat background."
+    W, H = size
+    ss = 2 if max(W, H) < 256 else 1
+    w, h = W * ss, H * ss
+    bg = _background(rng)
+    canvas = Image.new('RGB', (w, h), bg)
+    r = min(w, h) * rng.uniform(*object_size)
+    if task == 'count':
+        shapes, gap = [COUNT_SHAPES[k] for k in rng.integers(0, len(COUNT_SHAPES), class_index + 1)], 2.4 * r
+    elif task == 'same':
+        a = int(rng.integers(len(SHAPES)))
+        b = a if class_index == 1 else (a + 1 + int(rng.integers(len(SHAPES) - 1))) % len(SHAPES)
+        shapes, gap = [SHAPES[a], SHAPES[b]], 0.5 * min(w, h)
+    else: raise ValueError(f"sparse_image draws the count and same tasks, not {task!r}.")
+    fg, _ = _object_colors(rng, int(rng.integers(len(SHAPES))), len(SHAPES), colorsys.rgb_to_hsv(*(c / 255 for c in bg))[2])
+    centres = []
+    for _ in shapes:
+        for _ in range(1000):
+            c = (rng.uniform(r, w - r), rng.uniform(r, h - r))
+            if all(math.dist(c, o) > gap for o in centres): break
+        else: raise ValueError(f"{len(shapes)} objects of radius {r / ss:.1f} px do not fit apart in {W}x{H}; lower object_size.")
+        centres.append(c)
+    half = math.ceil(1.3 * r)
+    for shape, (cx, cy) in zip(shapes, centres):
+        x0, y0 = int(cx) - half, int(cy) - half
+        box = (2 * half, 2 * half)
+        canvas.paste(fg, (x0, y0, x0 + box[0], y0 + box[1]), _shape_mask(shape, box, cx - x0, cy - y0, r, rng.uniform(0, 2 * math.pi)))
+    if ss > 1: canvas = canvas.reduce(ss)
+    return _grain(canvas, rng, noise)
+
+
+def task_image(task: str, class_index: int, rng: np.random.Generator, size=(64, 64), noise: float = 2.0,
+               object_size: tuple | None = None) -> Image.Image:
+    "One image of class `class_index` of `task` (see `TASKS`)."
+    if task == 'shapes': return synthetic_image(class_index, rng, size, noise, object_size)
+    return sparse_image(task, class_index, rng, size, noise, object_size or (0.05, 0.07))
 
 # %% ../nbs/03b_synthetic.ipynb #4906a194
 SYNTHETIC_VERSION = 2  # bump when synthetic_image changes, so old caches are not reused
@@ -152,6 +212,13 @@ SYNTHETIC_PRESETS = {
     'demo': dict(num_classes=10, train_per_class=160, val_per_class=40, image_size=64, quality=90, noise=2.0, portrait=0.0),
     # ImageNet-shaped JPEGs for loader benchmarks: ~500x375, a quarter portrait, quality 90, ~100 KB each
     'imagenet': dict(num_classes=100, train_per_class=26, val_per_class=6, image_size=(500, 375), quality=90, noise=16.0, portrait=0.25),
+    # the candidate settings of bench/emergence.py: small objects on one flat background (see sparse tasks above)
+    'sparse': dict(num_classes=10, train_per_class=500, val_per_class=50, image_size=64, quality=90, noise=2.0, portrait=0.0,
+                   task='shapes', object_size=(0.07, 0.1)),
+    'count': dict(num_classes=5, train_per_class=1000, val_per_class=100, image_size=64, quality=90, noise=2.0, portrait=0.0,
+                  task='count', object_size=(0.05, 0.07)),
+    'same': dict(num_classes=2, train_per_class=2500, val_per_class=250, image_size=64, quality=90, noise=2.0, portrait=0.0,
+                 task='same', object_size=(0.06, 0.08)),
 }
 
 
@@ -160,20 +227,21 @@ def _image_wh(image_size): return (image_size, image_size) if isinstance(image_s
 # %% ../nbs/03b_synthetic.ipynb #75157e8b
 def _write_class(args):
     "Write the images of one class of one split (a process-pool task)."
-    root, split, c, name, n, seed, image_size, quality, noise, portrait = args
+    root, split, c, name, n, seed, image_size, quality, noise, portrait, task, object_size = args
     d = Path(root) / split / name; d.mkdir(parents=True, exist_ok=True)
     W, H = _image_wh(image_size)
     for i in range(n):
         rng = np.random.default_rng([seed, ('train', 'val').index(split), c, i])
         size = (H, W) if rng.random() < portrait else (W, H)
-        synthetic_image(c, rng, size, noise).save(d / f"{name}_{i:05d}.JPEG", quality=quality)
+        task_image(task, c, rng, size, noise, object_size).save(d / f"{name}_{i:05d}.JPEG", quality=quality)
 
 # %% ../nbs/03b_synthetic.ipynb #457e93b7
 def write_synthetic(root, num_classes=10, train_per_class=160, val_per_class=40, image_size=64, seed=0,
-                    quality=90, noise=2.0, portrait=0.0, workers=None) -> Path:
-    "Write a synthetic ImageFolder (train/ and val/, JPEG) into the new folder `root`, deterministically from `seed`."
-    root = Path(root); names = synthetic_classes(num_classes)
-    tasks = [(str(root), split, c, name, n, seed, image_size, quality, noise, portrait)
+                    quality=90, noise=2.0, portrait=0.0, task='shapes', object_size=None, workers=None) -> Path:
+    "Write a synthetic ImageFolder (train/ and val/, JPEG) of `task` into the new folder `root`, deterministically from `seed`."
+    root = Path(root); names = synthetic_classes(num_classes, task)
+    object_size = tuple(object_size) if object_size else None
+    tasks = [(str(root), split, c, name, n, seed, image_size, quality, noise, portrait, task, object_size)
              for split, n in (('train', train_per_class), ('val', val_per_class)) for c, name in enumerate(names)]
     n_images = num_classes * (train_per_class + val_per_class) * np.prod(_image_wh(image_size)) / 64**2
     workers = workers or (min(os.cpu_count() or 1, 8) if n_images > 20_000 else 1)  # pools only pay off for big sets
@@ -183,7 +251,8 @@ def write_synthetic(root, num_classes=10, train_per_class=160, val_per_class=40,
     else:
         for t in tasks: _write_class(t)
     manifest = dict(version=SYNTHETIC_VERSION, classes=names, train_per_class=train_per_class, val_per_class=val_per_class,
-                    image_size=image_size, seed=seed, quality=quality, noise=noise, portrait=portrait)
+                    image_size=image_size, seed=seed, quality=quality, noise=noise, portrait=portrait,
+                    **(dict(task=task, object_size=list(object_size) if object_size else None) if task != 'shapes' or object_size else {}))
     (root / 'manifest.json').write_text(json.dumps(manifest, indent=1))
     return root
 
@@ -208,9 +277,10 @@ def synthetic_root(cache_dir=DEFAULT_CACHE_DIR, preset='demo', seed=0, **overrid
     W, H = _image_wh(p['image_size'])
     for k in ('train_per_class', 'val_per_class'):
         if int(p[k]) < 1: raise ValueError(f"Synthetic {k}={p[k]} must be at least 1.")
-    synthetic_classes(p['num_classes'])  # checks the range
+    synthetic_classes(p['num_classes'], p.get('task', 'shapes'))  # checks the task and the range
     name = (f"{preset}-c{p['num_classes']}-n{p['train_per_class']}x{p['val_per_class']}-{W}x{H}-q{p['quality']}"
-            f"-noise{p['noise']:g}-portrait{p['portrait']:g}-seed{seed}-v{SYNTHETIC_VERSION}")
+            f"-noise{p['noise']:g}-portrait{p['portrait']:g}"
+            + (f"-{p['task']}-obj{p['object_size'][0]:g}-{p['object_size'][1]:g}" if 'task' in p else '') + f"-seed{seed}-v{SYNTHETIC_VERSION}")
     final = cache_path(cache_dir) / 'synthetic' / name
     if _synthetic_complete(final): return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,253 @@
+"""Do high-norm tokens emerge in a ViT trained from scratch on this CPU? A search over candidate settings.
+
+Each candidate is a synthetic dataset (`vitartifacts.synthetic`: the demo's shapes, or a sparse task with small objects
+on one flat background: `sparse`, `count`, `same`) with a training recipe, trained with the installed `vitartifacts
+train` command (one run per setting, variant and seed; each at most about 20 minutes on 2 cores) and probed every few
+epochs on 64 validation images. Per probe epoch and layer it records, with the default detectors unchanged (bimodal,
+and mean + 3 sigma):
+
+- the outlier ratio of the patch tokens, and the outliers' norm over the median patch norm;
+- the largest patch norm over the median;
+- where the bimodal detector's outliers sit: the share on background patches (a patch is an object patch when one of
+  its pixels is more than 40 grey levels from the image's median colour; the backgrounds are flat);
+- the attention share each prefix token (CLS, registers) and the patches receive.
+
+A run shows emergence as defined here when, with no planting of any kind: at the first probe (epoch 0) no layer has
+outliers, and at the last probe some layer past the first third holds bimodal outliers at 0.5-10% of the patch tokens,
+at least 4x the median norm, mostly (over half) on background patches. For those runs the last epoch's tokens go through
+two linear probes of `vitartifacts.analysis`-style: the patch position (local information, `position_probe`) and the
+image's class (global information), each scored on outlier and on normal tokens.
+
+    .venv/bin/python bench/emergence.py --list                                   # the candidate settings
+    .venv/bin/python bench/emergence.py --settings count sparse --seeds 0        # vanilla only: the screening
+    .venv/bin/python bench/emergence.py --settings count --variants vanilla register gated --seeds 0 1 2
+    .venv/bin/python bench/emergence.py --table                                  # the table of every run so far
+
+Runs live in `--runs_dir` (default runs/emergence); running again skips the finished runs and resumes the interrupted
+ones. The table goes to bench/results/emergence_cpu.json and is printed as markdown.
+"""
+from __future__ import annotations
+
+import argparse, json, math, os, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitartifacts.sweep import EPOCH_LINE
+from _common import environment, finish, header, write_json
+
+# common to every candidate: the tiny ViT (6 blocks, width 96, 3 heads, CLS token) at 64 px with patches of 8 (8 x 8
+# patches), LAMB with the DeiT III schedule, probes every `analysis_freq` epochs on 64 validation images
+COMMON = dict(size='tiny', img_size=64, patch_size=8, batch_size=64, warmup_epochs=2, probe_size=64, probe_weights=True,
+              save_freq=0, log_freq=1000, wandb_mode='disabled', num_workers=1)
+NO_MIX = dict(augment='none', mixup_alpha=0.0, cutmix_alpha=0.0)   # a crop or a mix would change a count or drop an object
+
+SETTINGS = {
+    # the demo's dataset and recipe, trained 8x longer: the baseline
+    'demo-long': dict(preset='demo', train=dict(epochs=48, lr=1e-2, analysis_freq=8),
+                      why='the demo as it is, for longer: large objects, the full DeiT III augmentation'),
+    # one small object on a mostly empty image, a local label
+    'sparse': dict(preset='sparse', train=dict(epochs=30, lr=1e-2, analysis_freq=5),
+                   why='redundant background: one small object per image (radius 7-10% of the side)'),
+    # the label is about the whole image
+    'count': dict(preset='count', train=dict(epochs=30, lr=5e-3, analysis_freq=5, **NO_MIX),
+                  why='global aggregation: count 1-5 small objects on one flat background'),
+    'count-hi-lr': dict(preset='count', train=dict(epochs=30, lr=2e-2, analysis_freq=5, **NO_MIX),
+                        why='the same, at 4x the learning rate (large updates are said to drive outlier features)'),
+    'same': dict(preset='same', train=dict(epochs=16, lr=5e-3, analysis_freq=4, **NO_MIX),
+                 why='a relation between distant patches: two small objects of the same shape or not'),
+}
+VARIANTS = dict(vanilla=dict(model='vanilla'), register=dict(model='register', n_registers=4), gated=dict(model='gated'))
+OBJECT_LEVEL = 40          # grey levels from the image's median colour that make a pixel part of an object
+
+
+def data_root(setting: str, cache_dir: str) -> Path:
+    from vitartifacts.synthetic import synthetic_root
+    preset = SETTINGS[setting]['preset']
+    return synthetic_root(cache_dir, preset, seed=0, **(dict(image_size=COMMON['img_size']) if preset == 'demo' else {}))
+
+
+def run_name(setting: str, variant: str, seed: int) -> str: return f'{setting}-{variant}-s{seed}'
+
+
+def train_command(setting: str, variant: str, seed: int, runs_dir: Path, cache_dir: str, epochs: int | None = None) -> list[str] | None:
+    "The `vitartifacts train` command line of one run; None when the run is finished."
+    run_dir = runs_dir / run_name(setting, variant, seed)
+    if (run_dir / 'checkpoints' / 'final.pt').exists(): return None
+    settings = dict(COMMON, **SETTINGS[setting]['train'], **VARIANTS[variant], seed=seed, dataset='imagefolder',
+                    data_path=str(data_root(setting, cache_dir)), cache_dir=cache_dir, runs_dir=str(runs_dir),
+                    run_name=run_dir.name)
+    if epochs: settings.update(epochs=epochs, analysis_freq=max(1, epochs // 2), warmup_epochs=min(settings['warmup_epochs'], epochs / 2))
+    if (run_dir / 'checkpoints' / 'latest.pt').exists(): settings['resume'] = True
+    elif (run_dir / 'config.yaml').exists(): settings['overwrite'] = True
+    exe = Path(sys.executable).with_name('vitartifacts')
+    cmd = [str(exe) if exe.exists() else 'vitartifacts', 'train']
+    for k, v in settings.items(): cmd += [f'--{k}', str(v).lower() if isinstance(v, bool) else str(v)]
+    return cmd
+
+
+def train(setting: str, variant: str, seed: int, runs_dir: Path, cache_dir: str, epochs: int | None = None) -> float:
+    "Train one run to its end (or resume it), echoing its epoch lines; return the seconds it took (0: was done)."
+    cmd = train_command(setting, variant, seed, runs_dir, cache_dir, epochs)
+    if cmd is None: return 0.0
+    log = runs_dir / 'logs' / f'{run_name(setting, variant, seed)}.log'
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"training {run_name(setting, variant, seed)} ({SETTINGS[setting]['why']}); log {log}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, 'a') as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            f.write(line); f.flush()
+            m = EPOCH_LINE.search(line.rstrip())
+            if m: print('  ' + m.group(1), flush=True)
+        proc.wait()
+    if proc.returncode != 0: raise SystemExit(f"{run_name(setting, variant, seed)} failed (exit {proc.returncode}); see {log}.")
+    return time.perf_counter() - t0
+
+
+def object_patches(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    "Which patches show part of an object: [K, H, W, 3] uint8 images -> [K, N] bool (flat backgrounds make this exact)."
+    x = images.astype(np.int16)
+    med = np.median(x.reshape(len(x), -1, 3), axis=1)[:, None, None, :]
+    obj = (np.abs(x - med).max(-1) > OBJECT_LEVEL)                                   # K, H, W
+    K, H, W = obj.shape
+    ph, pw = H // grid[0], W // grid[1]
+    return obj[:, :grid[0] * ph, :grid[1] * pw].reshape(K, grid[0], ph, grid[1], pw).any((2, 4)).reshape(K, -1)
+
+
+def class_probe(tokens: np.ndarray, labels: np.ndarray, mask: np.ndarray, train_frac: float = 0.5, l2: float = 1e-2) -> dict:
+    """Linear probe from one token to the image's class (global information), fitted on the normal tokens of the first
+    images by ridge regression onto one-hot labels, scored on the rest: accuracy on normal and on outlier tokens."""
+    x = torch.as_tensor(tokens, dtype=torch.float64)                                 # B, N, C
+    m = torch.as_tensor(mask, dtype=torch.bool)
+    B, N, C = x.shape
+    n_train = max(1, min(B - 1, int(round(B * train_frac))))
+    y = torch.as_tensor(labels, dtype=torch.long)[:, None].expand(B, N)
+    fit = ~m[:n_train]
+    xs, ys = x[:n_train][fit], y[:n_train][fit]
+    mu, sd = xs.mean(0), xs.std(0).clamp_min(1e-8)
+    z = (xs - mu) / sd
+    k = int(labels.max()) + 1
+    onehot = torch.nn.functional.one_hot(ys, k).double()
+    w = torch.linalg.solve(z.T @ z + l2 * len(z) * torch.eye(C, dtype=z.dtype), z.T @ (onehot - onehot.mean(0)))
+    hit = ((((x[n_train:] - mu) / sd) @ w).argmax(-1) == y[n_train:])
+    tm = m[n_train:]
+    acc = lambda sel: hit[sel].double().mean().item() if sel.any() else math.nan
+    return dict(normal_acc=acc(~tm), outlier_acc=acc(tm), chance=float(np.bincount(labels).max() / len(labels)))
+
+
+def info_probes(run_dir: Path, epoch: int, layer: int, mask: np.ndarray) -> dict:
+    "Position (local) and class (global) probes of the patch tokens after block `layer` at `epoch`, outliers apart."
+    from vitartifacts.analysis import position_probe
+    from vitartifacts.config import Config
+    from vitartifacts.probe import probe
+    from vitartifacts.store import ProbeStore
+    from vitartifacts.train import build_model
+    store = ProbeStore(run_dir)
+    cfg = Config.load(run_dir / 'config.yaml')
+    labels = store.labels
+    model = store.load_model_weights(build_model(cfg, int(labels.max()) + 1 if cfg.dataset != 'imagefolder' else
+                                                 len(os.listdir(Path(cfg.data_path) / 'train'))), epoch)
+    res = probe(model, store.images(normalized=True), attention=False, features=[layer])
+    tokens = res.features[layer][:, store.layout.n_prefix:].numpy()
+    pos = position_probe(tokens, mask, store.layout.grid)
+    cls = class_probe(tokens, labels, mask)
+    return dict(position_acc_normal=pos['normal_acc'], position_acc_outlier=pos['outlier_acc'], position_chance=pos['chance'],
+                class_acc_normal=cls['normal_acc'], class_acc_outlier=cls['outlier_acc'], class_chance=cls['chance'])
+
+
+def analyse(run_dir: Path) -> dict:
+    "Per probe epoch and layer, the figures listed above; and whether the run shows emergence."
+    from vitartifacts.analysis import detect_outliers, patch_norms, sink_share
+    from vitartifacts.runs import read_metrics
+    from vitartifacts.store import ProbeStore
+    store = ProbeStore(run_dir)
+    layout, epochs = store.layout, store.epochs
+    objects = object_patches(store.images(), layout.grid)                             # K, N
+    rows = []
+    for e in epochs:
+        d = store.load(e, ['norms', 'attn_received'])
+        pn = patch_norms(d['norms'], layout)                                           # L+1, K, N
+        bim, sig = detect_outliers(d['norms'], layout, 'bimodal'), detect_outliers(d['norms'], layout, 'sigma')
+        shares = sink_share(d['attn_received'], layout)
+        for l in range(len(pn)):
+            med = float(np.median(pn[l]))
+            m = bim.mask[l]
+            rows.append(dict(epoch=e, layer=l, bimodal=float(bim.ratio[l]), sigma=float(sig.ratio[l]),
+                             outlier_norm_ratio=float(pn[l][m].mean() / med) if m.any() else math.nan,
+                             max_median=float(pn[l].max() / med),
+                             background_share=float((~objects[m]).mean()) if m.any() else math.nan,
+                             **({f'share_{k}': float(v[l].mean()) for k, v in shares.items()} if l < len(d['attn_received']) else {})))
+    depth = len(rows) // max(1, len(epochs)) - 1                                       # blocks (the last row: the final norm)
+    last = [r for r in rows if r['epoch'] == epochs[-1] and r['layer'] < depth]
+    first = [r for r in rows if r['epoch'] == epochs[0]]
+    late = [r for r in last if r['layer'] >= math.ceil(depth / 3)]
+    hits = [r for r in late if 0.005 <= r['bimodal'] <= 0.10 and r['outlier_norm_ratio'] >= 4 and r['background_share'] > 0.5]
+    best = max(late, key=lambda r: (r['bimodal'] > 0, r['max_median']))
+    acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
+    summary = dict(run=run_dir.name, epochs=epochs[-1], val_acc1=acc[-1] if acc else math.nan,
+                   clean_at_start=all(r['bimodal'] == 0 for r in first), emerged=bool(hits) and all(r['bimodal'] == 0 for r in first),
+                   layer=best['layer'], bimodal=best['bimodal'], sigma=best['sigma'], outlier_norm_ratio=best['outlier_norm_ratio'],
+                   max_median=best['max_median'], background_share=best['background_share'],
+                   max_median_start=max(r['max_median'] for r in first if r['layer'] < depth),
+                   share_cls=np.mean([r.get('share_cls', math.nan) for r in last]),
+                   share_registers=np.mean([r.get('share_registers', math.nan) for r in last]))
+    if hits:
+        h = max(hits, key=lambda r: r['bimodal'])
+        mask = detect_outliers(store.load(epochs[-1], ['norms'])['norms'], layout, 'bimodal').mask[h['layer']]
+        summary.update(info_probes(run_dir, epochs[-1], h['layer'], mask))
+    return dict(summary=summary, rows=rows)
+
+
+def markdown(summaries: list[dict]) -> str:
+    cols = ['run', 'epochs', 'val_acc1', 'seconds', 'clean_at_start', 'emerged', 'layer', 'bimodal', 'sigma',
+            'outlier_norm_ratio', 'max_median', 'max_median_start', 'background_share', 'share_cls', 'share_registers']
+    fmt = lambda v: (f'{v:.3g}' if isinstance(v, float) and not math.isnan(v) else '-' if isinstance(v, float) else str(v))
+    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
+    lines += ['| ' + ' | '.join(fmt(s.get(c, math.nan)) for c in cols) + ' |' for s in summaries]
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS), help='candidates to train (default: all)')
+    parser.add_argument('--variants', nargs='+', default=['vanilla'], choices=list(VARIANTS), help='default: vanilla')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0])
+    parser.add_argument('--runs_dir', default='runs/emergence', help='where the runs live (default: runs/emergence)')
+    parser.add_argument('--cache_dir', default='~/.cache/vitartifacts', help='where the synthetic datasets are written')
+    parser.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'emergence_cpu.json'))
+    parser.add_argument('--epochs', type=int, help="every run's epochs instead of its setting's (a quick check of the script)")
+    parser.add_argument('--list', action='store_true', help='print the candidate settings and stop')
+    parser.add_argument('--table', action='store_true', help='analyse the finished runs in runs_dir only; train nothing')
+    args = parser.parse_args()
+    if args.list:
+        for name, s in SETTINGS.items(): print(f"{name}: {s['why']}; dataset preset {s['preset']}; {s['train']}")
+        return
+    runs_dir = Path(args.runs_dir)
+    env = environment('cpu', torch_threads=torch.get_num_threads())
+    print(header(env))
+    seconds = {}
+    if not args.table:
+        for setting in args.settings:
+            for variant in args.variants:
+                for seed in args.seeds:
+                    seconds[run_name(setting, variant, seed)] = train(setting, variant, seed, runs_dir, args.cache_dir, args.epochs)
+    try: old = json.loads(Path(args.out).read_text())
+    except (OSError, ValueError): old = {}
+    results = {r['summary']['run']: r for r in old.get('results', [])}
+    for run_dir in sorted(p for p in runs_dir.iterdir() if (p / 'checkpoints' / 'final.pt').exists()):
+        r = analyse(run_dir)
+        prev = results.get(run_dir.name, {}).get('summary', {})
+        r['summary']['seconds'] = seconds.get(run_dir.name) or prev.get('seconds', math.nan)
+        r['summary']['setting'] = run_dir.name.rsplit('-', 2)[0]
+        results[run_dir.name] = r
+    summaries = [r['summary'] for r in results.values()]
+    print(markdown(summaries))
+    finish(env)
+    write_json(args.out, dict(env=env, settings={k: dict(v, common=COMMON) for k, v in SETTINGS.items()}, results=list(results.values())))
+    print(f"table: {args.out}")
+
+
+if __name__ == '__main__':
+    main()

@@ -315,7 +315,7 @@ def _from_args(cls, args: argparse.Namespace | dict, base: Config | None = None)
 Config.from_args = classmethod(_from_args)
 
 # %% ../nbs/00_config.ipynb #86525194
-DEMO = dict(size='tiny', img_size=64, patch_size=8, epochs=6, batch_size=64, lr=1e-2, warmup_epochs=1, probe_size=16, analysis_freq=2, probe_weights=True, save_freq=3, wandb_mode='offline', log_freq=10)
+DEMO = dict(size='tiny', img_size=64, patch_size=8, epochs=6, batch_size=64, lr=1e-2, warmup_epochs=1, analysis_freq=2, probe_weights=True, save_freq=3, wandb_mode='offline', log_freq=10)
 
 
 def demo_config(**overrides) -> Config:

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .runs import atomic_write
-from .store import decode_attention
+from .store import decode_attention, shared_probe_images
 from .analysis import compare_runs, attention_maps
 from .views import RunView, DETECTOR_NAMES, prefix_attention, data_uri
 from .figures import (ExploreFigures, ViewState, training_maps, weight_views, rollout_figure, posemb_figure, pca_figure, gif_bytes,
@@ -44,10 +44,12 @@ def report_epochs(epochs: list[int], max_epochs: int) -> list[int]:
     return sorted(set(np.round(np.linspace(0, n - 1, max_epochs)).astype(int).tolist()))
 
 # %% ../nbs/08c_report.ipynb #604840de
-def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: bool = True, weights: bool = True) -> tuple[dict, dict]:
-    "What the page's script needs of one run (arrays as float32 base64, its figures), and what the page shows as is (figures from the weights, the GIF)."
+def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: bool = True, weights: bool = True,
+                    images: list[int] | None = None) -> tuple[dict, dict]:
+    """What the page's script needs of one run (arrays as float32 base64, its figures), and what the page shows as is
+    (figures from the weights, the GIF). `images`: the run's probe images to keep (default: its first `n_images`)."""
     idx = report_epochs(run.epochs, max_epochs)
-    imgs = list(range(min(n_images, run.n_images)))
+    imgs = list(images) if images is not None else list(range(min(n_images, run.n_images)))
     lay, P, Kr = run.layout, run.layout.n_prefix, len(imgs)
     cls, regs, heads = [], [], []
     for ei in idx:
@@ -60,18 +62,18 @@ def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: 
     arrays = dict(norms=run.norms[idx][:, :, imgs, P:], hist=run.hist[idx], bin_edges=run.bin_edges)
     if run.has_cls: arrays.update(cls=np.stack(cls), heads=np.stack(heads))   # no CLS token: its panels stay empty
     if lay.n_registers: arrays['registers'] = np.stack(regs)
-    state = ViewState(epoch=idx[-1], image=0)
+    state = ViewState(epoch=idx[-1], image=imgs[0] if imgs else 0)
     views = ExploreFigures(run, state=state)
     data = dict(name=run.name, variant=run.variant, depth=run.depth, n_heads=run.n_heads, n_registers=run.n_registers,
                 grid=list(run.grid), patch_size=run.patch_size, epochs=[run.epochs[i] for i in idx], epochs_all=run.epochs,
-                detectors=list(run.detectors), default_sink=views.state.sink, image_ids=imgs,
+                detectors=list(run.detectors), default_sink=views.state.sink, image_ids=list(range(len(imgs))),   # the page's numbering
                 images=[run.image_uri(i) or data_uri(grey_image(run.grid[0] * run.patch_size, run.grid[1] * run.patch_size)) for i in imgs],
                 arrays={k: _b64(v) for k, v in arrays.items()},
                 thresholds={d: _b64(run.thresholds[d][idx]) for d in run.detectors},
                 ratios={d: _b64(run.ratios[d]) for d in run.detectors},
                 sinks={k: _b64(v[idx]) for k, v in run.sinks.items()},
                 figures={k: _figure_json(f) for k, f in views.figs.items()})
-    gif = base64.b64encode(gif_bytes(run, size=112, epochs=idx)).decode() if gif else None
+    gif = base64.b64encode(gif_bytes(run, image=imgs[0] if imgs else 0, size=112, epochs=idx)).decode() if gif else None
     static, data['weights_note'] = {'training': training_maps(run, run.detectors[0])}, ''   # layer x epoch: when and where
     if weights:
         try:
@@ -118,7 +120,10 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
                 top: tuple[str, dict] | None = None) -> str:
     "The report page: plotly.js inline, every run's data as float32 arrays, sliders over epochs and layers moving every view."
     from plotly.offline import get_plotlyjs
-    datas, statics = zip(*[run_report_data(r, n_images, max_epochs, gif, weights) for r in runs])
+    shared = shared_probe_images([r.store for r in runs], [r.name for r in runs])   # image k: the same picture in every run
+    n_shown = min(n_images, len(shared.ids))
+    datas, statics = zip(*[run_report_data(r, n_images, max_epochs, gif, weights, images=ix[:n_shown])
+                           for r, ix in zip(runs, shared.indices)])
     epochs = sorted(set().union(*[d['epochs'] for d in datas]))
     ratio_all = runs_ratio_figure(runs)                       # the page's script moves it, as Comparison does
     static_figs = {f'{k}-{i}': _figure_json(f) for i, st in enumerate(statics) for k, f in st['figures'].items()}
@@ -132,15 +137,16 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
              f'<script>{get_plotlyjs()}</script></head><body>',
              f'<h1>{esc(title)}</h1><p class="note">{len(runs)} run(s): {esc(", ".join(f"{r.name} ({r.variant})" for r in runs))}. '
              f'Written {time.strftime("%Y-%m-%d %H:%M")}; {max(len(d["epochs"]) for d in datas)} probe epochs and '
-             f'{min(n_images, min(r.n_images for r in runs))} probe image(s) per run kept; outlier ratios use every probe epoch. '
+             f'{n_shown} probe image(s) per run kept; outlier ratios use every probe epoch. '
              'No kernel needed: every view is computed in the page from the data it holds.</p>',
+             f'<p class="note warning"><b>Note:</b> {esc(shared.note)}</p>' if shared.note else '',
              top[0] if top else '',
              '<div id="controls">',
              f'<label>epoch <input type="range" id="epoch" min="0" max="{len(epochs) - 1}" value="{len(epochs) - 1}"> '
              f'<b id="epoch-value">{epochs[-1]}</b></label>',
              f'<label>layer <input type="range" id="layer" min="0" max="{depth}" value="{depth - 1}" '
              f'title="0..{depth - 1}: after each block; {depth}: after the final norm"> <b id="layer-value">{depth - 1}</b></label>',
-             f'<label>image <select id="image">{_options(range(min(n_images, min(r.n_images for r in runs))))}</select></label>',
+             f'<label>image <select id="image">{_options(range(n_shown))}</select></label>',
              f'<label>sink share of <select id="sink">{_options(sinks, datas[0]["default_sink"])}</select></label>',
              f'<label>outliers <select id="detector">{_options(list(runs[0].detectors))}</select></label>',
              f'<label>details of <select id="run">{_options(range(len(runs)), 0, [r.name for r in runs])}</select></label>',

@@ -4,7 +4,8 @@
 
 # %% ../nbs/06_store.ipynb #8a18880d
 from __future__ import annotations
-import json, time, zipfile
+import hashlib, json, time, zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,8 @@ from .runs import atomic_write, atomic_write_json
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 
 # %% auto #0
-__all__ = ['encode_attention', 'decode_attention', 'as_numpy', 'images_to_uint8', 'ProbeStore', 'epoch_nbytes',
-           'store_attn_dtype']
+__all__ = ['encode_attention', 'decode_attention', 'as_numpy', 'images_to_uint8', 'ProbeStore', 'image_ids', 'probe_set_hash',
+           'SharedImages', 'shared_probe_images', 'epoch_nbytes', 'store_attn_dtype']
 
 # %% ../nbs/06_store.ipynb #4905c9e5
 _LOG8_RANGE = 16.0   # log8: 0 means below 2**-16; 1..255 cover 2**-16 .. 1 on a log2 scale
@@ -143,17 +144,20 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
     if differ:   # one store, one shape: an epoch of another shape would leave every reader of the store failing
         raise ValueError(f"the probe result does not fit the store in {self.root} ({', '.join(differ)}); "
                          "write this probe to another folder.")
+    img_path = self.root / 'images.npz'
+    pixels = images_to_uint8(images, mean, std) if images is not None and not img_path.exists() else None
     meta = dict(version=1, layout=result.layout.to_dict(), depth=result.depth,
                 n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]),
                 num_classes=int(result.logits.shape[-1]), attn_dtype=attn_dtype,
                 mean=list(map(float, mean)), std=list(map(float, std)),
                 model=model_info if model_info is not None else old.get('model'))
+    ids = image_ids(pixels) if pixels is not None else old.get('probe_ids')
+    if ids is not None: meta.update(probe_ids=ids, probe_set=probe_set_hash(ids))
     if meta != old: atomic_write_json(index, meta)
-    img_path = self.root / 'images.npz'
     if (images is not None or labels is not None) and not img_path.exists():
         stored = {}
         if images is not None:
-            stored['images'] = images_to_uint8(images, mean, std)
+            stored['images'] = pixels
             if as_numpy(images).dtype != np.uint8: stored['images_normalized'] = as_numpy(images).astype(np.float16)
         if labels is not None: stored['labels'] = as_numpy(labels).astype(np.int64)
         atomic_write(img_path, lambda f: np.savez(f, **stored))
@@ -166,6 +170,16 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
     return atomic_write(self.epoch_path(epoch), lambda f: np.savez(f, **arrays))
 
 ProbeStore.append = _append
+
+# %% ../nbs/06_store.ipynb #a11d0002
+def image_ids(images) -> list[str]:
+    "A content hash (16 hex digits) of each probe image, uint8 [K, H, W, 3]: the same picture, the same id."
+    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=8).hexdigest() for im in images]
+
+
+def probe_set_hash(ids: list[str]) -> str:
+    "The hash (12 hex digits) of a probe set: its images' ids in order."
+    return hashlib.blake2b(' '.join(ids).encode(), digest_size=6).hexdigest()
 
 # %% ../nbs/06_store.ipynb #df85456c
 def _decode(key: str, a: np.ndarray):
@@ -240,6 +254,48 @@ ProbeStore.load, ProbeStore.read, ProbeStore.result, ProbeStore.images = _load, 
 ProbeStore.labels = property(_labels)
 
 ProbeStore.load_model_weights = _load_model_weights
+
+
+def _probe_ids(self: ProbeStore) -> list[str] | None:
+    "The ids of the probe images (`image_ids`), or None when the store keeps no images."
+    ids = self.meta.get('probe_ids')
+    if ids is not None: return list(ids)
+    try: return image_ids(self.images())
+    except FileNotFoundError: return None
+
+ProbeStore.probe_ids = property(_probe_ids)
+ProbeStore.probe_set = property(lambda self: None if (ids := self.probe_ids) is None else probe_set_hash(ids))
+
+# %% ../nbs/06_store.ipynb #a11d0004
+@dataclass
+class SharedImages:
+    "The probe images several runs share: their ids, each run's index of each (`indices[run][i]`), and a note (None: one set)."
+    ids: list[str]
+    indices: list[list[int]]
+    note: str | None
+
+
+def shared_probe_images(stores: list[ProbeStore], names: list[str] | None = None) -> SharedImages:
+    "Line up the probe sets of `stores` (named `names`, default their run folders' names) by image id."
+    names = names or [s.run_dir.name for s in stores]
+    ids = [s.probe_ids for s in stores]
+    n = [s.meta['n_images'] for s in stores]
+    positional = lambda note: SharedImages([f'#{k}' for k in range(min(n))], [list(range(min(n))) for _ in stores], note)
+    if any(i is None for i in ids):          # no pixels kept: nothing to line up by, so image k is each run's k-th
+        blind = [nm for nm, i in zip(names, ids) if i is None]
+        return positional(f"{', '.join(blind)} {'keeps' if len(blind) == 1 else 'keep'} no probe images, so which pictures "
+                          "the runs share is unknown; image k is the k-th of each run's probe set." if len(stores) > 1 else None)
+    common = set(ids[0]).intersection(*ids[1:])
+    shared = [i for i in ids[0] if i in common]
+    note = None
+    if len({probe_set_hash(i) for i in ids}) > 1:
+        sets = '; '.join(f'{nm}: set {probe_set_hash(i)}, {len(i)} images' for nm, i in zip(names, ids))
+        note = (f"The runs were probed on different images ({sets}): " +
+                (f"the side-by-side views show only the {len(shared)} they share." if shared else
+                 "they share none, so image k is a different picture in each run."))
+    if not shared: return positional(note)
+    where = [{v: k for k, v in enumerate(i)} for i in ids]
+    return SharedImages(shared, [[w[v] for v in shared] for w in where], note)
 
 # %% ../nbs/06_store.ipynb #dca9c136
 def epoch_nbytes(depth: int, n_images: int, n_tokens: int, n_heads: int, n_prefix: int, attn_dtype: str = 'float16') -> int:

@@ -302,11 +302,16 @@ def example_run(variant: str = 'vanilla', epochs: int = 4) -> Path:
 
 # %% ../nbs/11_testing.ipynb #d656ba8f
 def example_runs(variants=('vanilla', 'register', 'gated'), runs_dir: Path | str | None = None) -> list[Path]:
-    "Real tiny runs for the notebooks: the demo's (`runs/demo-<variant>`, from `make demo`) where they exist, else `example_run`s."
+    """Real tiny runs for the notebooks: the demo's (`runs/demo-<variant>`, from `make demo`) when every one of them is
+    finished, else `example_run`s of every variant (never a mix: they are trained on other data); says which, and why."""
     runs_dir = Path(runs_dir) if runs_dir else runs_folder()
-    out = []
-    for v in variants:
-        demo = runs_dir / f'demo-{v}'
-        out.append(demo if (demo / 'checkpoints' / 'final.safetensors').exists() and (demo / 'probes' / 'index.json').exists()
-                   else example_run(v))
-    return out
+    demos = [runs_dir / f'demo-{v}' for v in variants]
+    unfinished = [d for d in demos if not ((d / 'checkpoints' / 'final.safetensors').exists() and (d / 'probes' / 'index.json').exists())]
+    if not unfinished:
+        print(f"Showing the demo's runs: {', '.join(str(d) for d in demos)}.")
+        return demos
+    why = (f"{unfinished[0]} is not finished" if unfinished[0].exists() else f"there is no {unfinished[0]}") + \
+          (f" (nor {len(unfinished) - 1} more)" if len(unfinished) > 1 else '')
+    print(f"Showing example runs (tiny runs on in-memory data, trained once into the cache), since {why}; "
+          "set run_dirs to show your own runs.")
+    return [example_run(v) for v in variants]

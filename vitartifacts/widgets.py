@@ -4,12 +4,14 @@
 
 # %% ../nbs/08b_widgets.ipynb #4b88927a
 from __future__ import annotations
+import html
 from pathlib import Path
 
 import plotly.graph_objects as go
 from fastcore.basics import patch
 
 from .analysis import compare_runs
+from .store import shared_probe_images
 from .views import RunView, DETECTOR_NAMES
 from .figures import ExploreFigures, ViewState, layer_name, runs_ratio_figure
 
@@ -140,14 +142,18 @@ class Comparison:
                                  tooltip=f'0..{depth - 1}: blocks, {depth}: after the final norm')
         self.head = W.Dropdown(options=[('mean', -1)] + [(f'head {h}', h) for h in range(min(r.n_heads for r in self.runs))],
                                value=-1, description='head', layout=W.Layout(width='160px'))
-        self.image = W.IntSlider(min=0, max=min(r.n_images for r in self.runs) - 1, value=0, description='image')
+        self.shared = shared_probe_images([r.store for r in self.runs], [r.name for r in self.runs])   # image k: the same picture in every run
+        if self.shared.note: print(self.shared.note)
+        self.image = W.IntSlider(min=0, max=len(self.shared.ids) - 1, value=0, description='image',
+                                 tooltip=f'{len(self.shared.ids)} probe images every run shares')
         self.detector = W.Dropdown(options=list(DETECTOR_NAMES), value=detector, description='outliers',
                                    layout=W.Layout(width='200px'))
         self.ratio = go.FigureWidget(runs_ratio_figure(self.runs))
         for w in (self.epoch, self.layer, self.head, self.image, self.detector): w.observe(lambda c: self.update(), names='value')
         rows = [W.HBox([W.HTML(f'<b>{r.name}</b><br>{r.variant}', layout=W.Layout(width='110px'))] + list(v.figs.values()))
                 for r, v in zip(self.runs, self.views)]
-        self.widget = W.VBox([W.HBox([self.epoch, self.layer, self.head, self.image, self.detector]), *rows, self.ratio])
+        note = [W.HTML(f'<b>Note:</b> {html.escape(self.shared.note)}')] if self.shared.note else []
+        self.widget = W.VBox([*note, W.HBox([self.epoch, self.layer, self.head, self.image, self.detector]), *rows, self.ratio])
         self.update()
 
     @property
@@ -158,8 +164,8 @@ class Comparison:
     def update(self):
         "Move every run's panels and the outlier-ratio plot to the sliders' state."
         s = self.state
-        for r, v in zip(self.runs, self.views):
-            v.update(ViewState(r.epoch_index(s['epoch']), min(s['layer'], r.depth), s['head'], s['image'], '', s['detector']))
+        for r, v, idx in zip(self.runs, self.views, self.shared.indices):
+            v.update(ViewState(r.epoch_index(s['epoch']), min(s['layer'], r.depth), s['head'], idx[s['image']], '', s['detector']))
         top = 0.01
         with self.ratio.batch_update():
             for i, r in enumerate(self.runs):

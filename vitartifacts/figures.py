@@ -20,10 +20,11 @@ from .views import RunView, data_uri
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'TRAINING_MAPS', 'ViewState', 'layer_name', 'grey_image', 'tile_gap',
-           'tile', 'figure_data', 'json_safe', 'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings',
-           'pca_2d', 'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames',
-           'norm_gif', 'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
+__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'ViewState', 'layer_name',
+           'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle', 'plotly_bundle',
+           'FigureWidget', 'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d',
+           'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif',
+           'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -141,6 +142,57 @@ def _span(m: pd.DataFrame, keys) -> list[float]:
     v = v[np.isfinite(v)]
     return [float(v.min()), float(v.max())] if len(v) else [0.0, 1.0]
 
+# %% ../nbs/08a_figures.ipynb #f1f1f0b2
+import anywidget, traitlets
+import plotly.basewidget
+
+PLOTLY_ESM = Path(plotly.basewidget.__file__).parent / 'package_data' / 'widgetbundle.js'   # what plotly's FigureWidget sends
+
+SHARED_ESM = """
+const pages = (globalThis.__vitartifactsPlotly ??= new Map());   // bundle widget id -> plotly's widget factory
+function plotly(model) {
+  const id = model.get('_bundle_id');
+  if (!pages.has(id)) pages.set(id, model.widget_manager.get_model(id).then(async (bundle) => {
+    const url = URL.createObjectURL(new Blob([bundle.get('code')], { type: 'text/javascript' }));
+    try { return (await import(url)).default; } finally { URL.revokeObjectURL(url); }
+  }));
+  return pages.get(id);
+}
+export default () => {            // one of these per figure, as plotly's own module makes one per figure
+  let figure;
+  return {
+    async initialize(ctx) { figure = (await plotly(ctx.model))(); return figure.initialize(ctx); },
+    render(ctx) { return figure.render(ctx); },
+  };
+};
+"""
+
+
+class PlotlyBundle(anywidget.AnyWidget):
+    "A widget that is never shown: it carries plotly's widget module to the page once, for every `FigureWidget`."
+    _esm = 'export default {};'
+    code = traitlets.Unicode().tag(sync=True)
+
+
+_BUNDLE: PlotlyBundle | None = None
+
+
+def plotly_bundle() -> PlotlyBundle:
+    "This kernel's `PlotlyBundle` (made on first use, and again if it was closed)."
+    global _BUNDLE
+    if _BUNDLE is None or _BUNDLE.comm is None:
+        _BUNDLE = PlotlyBundle(code=PLOTLY_ESM.read_text(encoding='utf-8'))
+    return _BUNDLE
+
+
+class FigureWidget(go.FigureWidget):
+    "plotly's FigureWidget, taking plotly's front-end module from the page's one copy (`PlotlyBundle`) instead of its own."
+    _esm = SHARED_ESM
+    _bundle_id = traitlets.Unicode().tag(sync=True)
+
+    @traitlets.default('_bundle_id')
+    def _default_bundle_id(self): return plotly_bundle().model_id
+
 # %% ../nbs/08a_figures.ipynb #ffe41e06
 class ExploreFigures:
     "The explorer's panels for one run as plotly figures (FigureWidgets with `widget=True`), and `update` to move them to a `ViewState`."
@@ -151,7 +203,7 @@ class ExploreFigures:
         self.figs = {p: getattr(self, f'_build_{p}')() for p in (panels or self.panels)}
         self.update(state or ViewState())
         # widgets start from figures already at the first state: nothing for the page to catch up on
-        if widget: self.figs = {p: go.FigureWidget(f) for p, f in self.figs.items()}
+        if widget: self.figs = {p: FigureWidget(f) for p, f in self.figs.items()}
 
     def __getitem__(self, name) -> go.Figure: return self.figs[name]
 

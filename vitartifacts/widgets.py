@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .analysis import compare_runs
 from .store import shared_probe_images
 from .views import RunView, DETECTOR_NAMES
-from .figures import ExploreFigures, ViewState, layer_name, runs_ratio_figure
+from .figures import ExploreFigures, FigureWidget, ViewState, layer_name, runs_ratio_figure
 
 # %% auto #0
 __all__ = ['Explorer', 'Comparison']
@@ -148,7 +148,7 @@ class Comparison:
                                  tooltip=f'{len(self.shared.ids)} probe images every run shares')
         self.detector = W.Dropdown(options=list(DETECTOR_NAMES), value=detector, description='outliers',
                                    layout=W.Layout(width='200px'))
-        self.ratio = go.FigureWidget(runs_ratio_figure(self.runs))
+        self.ratio = FigureWidget(runs_ratio_figure(self.runs))
         for w in (self.epoch, self.layer, self.head, self.image, self.detector): w.observe(lambda c: self.update(), names='value')
         rows = [W.HBox([W.HTML(f'<b>{r.name}</b><br>{r.variant}', layout=W.Layout(width='110px'))] + list(v.figs.values()))
                 for r, v in zip(self.runs, self.views)]

@@ -162,9 +162,8 @@ def outlier_table(norms, layout: TokenLayout, detector: str = 'bimodal', **kwarg
 
 # %% ../nbs/07_analysis.ipynb #24130e5c
 def prefix_tokens(layout: TokenLayout) -> dict[str, int]:
-    "Each prefix token's name and index, {'cls': 0, 'reg0': 1, ...} (no 'cls' for a model without one); the index is also its row of `attn_prefix`."
-    cls = [] if layout.cls_index is None else [layout.cls_index]
-    return dict(zip(layout.prefix_names, cls + list(layout.register_indices)))
+    "Each prefix token's name and index, {'cls': 0, 'reg0': 1, ...} (DeiT distilled: {'cls': 0, 'dist': 1}; no 'cls' for a model without one); the index is also its row of `attn_prefix`."
+    return dict(zip(layout.prefix_names, layout.prefix_indices))
 
 
 def attention_maps(attn_prefix, layout: TokenLayout, rows) -> np.ndarray:
@@ -202,6 +201,7 @@ def attention_rollout(attn, head_fusion: str = 'mean', residual: bool = True, st
     if isinstance(attn, ProbeResult): attn = attn.attn
     if attn is None: raise ValueError("attention rollout needs full attention maps; probe with attention=True.")
     a = torch.as_tensor(as_numpy(attn), dtype=torch.float64)[start_layer:]
+    a = torch.where(a.isnan(), torch.eye(*a.shape[-2:], dtype=a.dtype), a)   # a token absent from a block (CaiT's NaN rows) passes it unchanged
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion={head_fusion!r} is not a way to fuse heads; use 'mean', 'max' or 'min'.")
     a = getattr(a, head_fusion)(dim=2)

@@ -9,19 +9,26 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
+from timm.models.beit import Beit, Attention as BeitAttention
+from timm.models.cait import Cait, ClassAttn, TalkingHeadAttn
+from timm.models.eva import Eva, EvaAttention
+from timm.layers import AttentionRope
 
 # %% auto #0
-__all__ = ['TokenLayout', 'token_layout', 'MassiveActivations', 'ProbeResult', 'probe']
+__all__ = ['ADAPTERS', 'TokenLayout', 'UnsupportedModel', 'ViTAdapter', 'SlowPathAdapter', 'EvaAdapter', 'BeitAdapter',
+           'CaitAdapter', 'model_adapter', 'token_layout', 'MassiveActivations', 'ProbeResult', 'probe']
 
 # %% ../nbs/02_probe.ipynb #9a9f3ea1
 @dataclass
 class TokenLayout:
-    "Where the CLS token, the registers and the patch tokens sit in a ViT's token sequence."
+    "Where the CLS token, the distillation token, the registers and the patch tokens sit in a ViT's token sequence."
     n_tokens: int                  # T, all tokens
     cls_index: int | None          # 0 when the model has a CLS token
     register_indices: list[int]    # indices of the register tokens (may be empty)
     grid: tuple[int, int]          # patch grid (h, w)
     bias_slots: list[str] = field(default_factory=list)   # attention keys of no token, after the T tokens: 'attn_bias', 'softmax_one'
+    dist_index: int | None = None  # DeiT's distillation token, after the CLS token; None without one
+    cls_joins: int = 0             # the block at which the CLS token enters: CaiT's first class-attention block, else 0
 
     @property
     def n_prefix(self) -> int: return self.n_tokens - self.grid[0] * self.grid[1]
@@ -37,28 +44,157 @@ class TokenLayout:
         return {name: self.n_tokens + i for i, name in enumerate(self.bias_slots)}
     @property
     def prefix_names(self) -> list[str]:
-        "Names of the prefix tokens: 'cls', 'reg0', 'reg1', ..."
-        return (['cls'] if self.cls_index is not None else []) + [f'reg{i}' for i in range(self.n_registers)]
+        "Names of the prefix tokens: 'cls', 'dist', 'reg0', 'reg1', ..."
+        return ((['cls'] if self.cls_index is not None else []) + (['dist'] if self.dist_index is not None else [])
+                + [f'reg{i}' for i in range(self.n_registers)])
+    @property
+    def prefix_indices(self) -> list[int]:
+        "Token indices of the prefix tokens, in the order of `prefix_names`."
+        return [i for i in (self.cls_index, self.dist_index) if i is not None] + list(self.register_indices)
 
     def to_dict(self) -> dict: return dict(n_tokens=self.n_tokens, cls_index=self.cls_index,
                                            register_indices=list(self.register_indices), grid=list(self.grid),
-                                           bias_slots=list(self.bias_slots))
+                                           bias_slots=list(self.bias_slots), dist_index=self.dist_index, cls_joins=self.cls_joins)
     @classmethod
     def from_dict(cls, d: dict) -> 'TokenLayout':
-        return cls(d['n_tokens'], d['cls_index'], list(d['register_indices']), tuple(d['grid']), list(d.get('bias_slots', [])))
+        "A layout from `to_dict`; fields newer than the store that wrote it get their defaults."
+        return cls(d['n_tokens'], d['cls_index'], list(d['register_indices']), tuple(d['grid']), list(d.get('bias_slots', [])),
+                   d.get('dist_index'), d.get('cls_joins', 0))
 
 # %% ../nbs/02_probe.ipynb #62029545
-def token_layout(model: VisionTransformer, img_hw: tuple[int, int]) -> TokenLayout:
-    "The token layout of `model` for images of height and width `img_hw`."
+def _prefix_layout(model: nn.Module, img_hw: tuple[int, int], cls_joins: int = 0) -> TokenLayout:
+    "The layout of a model that puts its prefix tokens in timm's order: CLS, distillation token, registers, test-time registers."
     ph, pw = model.patch_embed.patch_size
     grid = (img_hw[0] // ph, img_hw[1] // pw)
-    has_cls = getattr(model, 'cls_token', None) is not None
+    has_cls, has_dist = getattr(model, 'cls_token', None) is not None, getattr(model, 'dist_token', None) is not None
     n_reg = model.reg_token.shape[1] if getattr(model, 'reg_token', None) is not None else 0
-    start, n_ttr = int(has_cls), getattr(model, 'test_time_registers', 0)   # test-time registers follow every other prefix token
-    ttr = list(range(model.num_prefix_tokens - n_ttr, model.num_prefix_tokens))
-    slots = list(getattr(model.blocks[0].attn, 'bias_slots', ())) if len(model.blocks) else []
-    return TokenLayout(model.num_prefix_tokens + grid[0] * grid[1], 0 if has_cls else None,
-                       list(range(start, start + n_reg)) + ttr, grid, slots)
+    start, n_ttr = int(has_cls) + int(has_dist), getattr(model, 'test_time_registers', 0)   # test-time registers follow every other prefix token
+    n_prefix = start + n_reg + n_ttr
+    blocks = getattr(model, 'blocks', ())
+    slots = list(getattr(blocks[0].attn, 'bias_slots', ())) if len(blocks) else []
+    return TokenLayout(n_prefix + grid[0] * grid[1], 0 if has_cls else None,
+                       list(range(start, start + n_reg)) + list(range(n_prefix - n_ttr, n_prefix)), grid, slots,
+                       int(has_cls) if has_dist else None, cls_joins)
+
+# %% ../nbs/02_probe.ipynb #35560f2a
+def _attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
+    "Softmax attention probabilities [B, H, N, N+S] recomputed in float32 from a timm Attention's qkv output (S bias slots)."
+    B, N, _ = qkv.shape
+    q, k, _ = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B, H, N, D each
+    q, k = attn.q_norm(q.float()), attn.k_norm(k.float())
+    if getattr(attn, 'bias_slots', ()): k = torch.cat([k, attn.slot_kv(B, torch.float32)[0]], 2)   # B, H, N+S, D
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # B, H, N, N+S
+
+# %% ../nbs/02_probe.ipynb #03c627a7
+class UnsupportedModel(ValueError):
+    "A model the probe cannot read: one sentence naming its family."
+
+# %% ../nbs/02_probe.ipynb #01415125
+class ViTAdapter:
+    "timm's VisionTransformer and its subclasses (ours, DeiT distilled, SigLIP): attention recomputed from every block's qkv."
+    late_cls = False            # True: some blocks run without the CLS token (their CLS rows are NaN)
+
+    def __init__(self, model: nn.Module): self.model = model
+    def blocks(self) -> list[nn.Module]: return list(self.model.blocks)
+    def final_norm(self) -> nn.Module: return self.model.norm
+    def layout(self, img_hw: tuple[int, int]) -> TokenLayout: return _prefix_layout(self.model, img_hw)
+    def block_tokens(self, i: int, out: torch.Tensor) -> torch.Tensor: return out   # block i's output as [B, T, C] in layout order
+    def unfused(self) -> list[nn.Module]: return []       # attention modules whose fused kernel is off for the probe pass
+
+    def check(self):
+        for i, blk in enumerate(self.blocks()):
+            if not (hasattr(blk, 'attn') and isinstance(getattr(blk.attn, 'qkv', None), nn.Linear)):
+                raise UnsupportedModel(f"block {i} of this {type(self.model).__name__} has no timm-style attention with a fused qkv "
+                                       f"projection ({type(getattr(blk, 'attn', None)).__name__}); probe cannot recompute its attention.")
+
+    def attention_hooks(self, keep) -> list:
+        "Hooks that call keep(i, probabilities [B, H, T, S]) for every block i."
+        def hook(i, attn): return lambda mod, inp, out: keep(i, _attention_from_qkv(attn, out))
+        return [blk.attn.qkv.register_forward_hook(hook(i, blk.attn)) for i, blk in enumerate(self.blocks())]
+
+# %% ../nbs/02_probe.ipynb #feda88a5
+class SlowPathAdapter(ViTAdapter):
+    "A family whose attention adds rope or a position bias (EVA, BEiT): probabilities read at `attn_drop` of timm's non-fused path."
+    attention_types: tuple = ()      # the attention classes whose slow path is known to pass the probabilities through attn_drop
+
+    def check(self):
+        for i, blk in enumerate(self.blocks()):
+            if not isinstance(getattr(blk, 'attn', None), self.attention_types):
+                raise UnsupportedModel(f"block {i} of this {type(self.model).__name__} has {type(getattr(blk, 'attn', None)).__name__} "
+                                       f"attention, not {' or '.join(t.__name__ for t in self.attention_types)}; probe cannot read it.")
+
+    def unfused(self) -> list[nn.Module]: return [blk.attn for blk in self.blocks()]
+    def attention_hooks(self, keep) -> list:
+        return [blk.attn.attn_drop.register_forward_hook(lambda mod, inp, out, i=i: keep(i, inp[0].float()))
+                for i, blk in enumerate(self.blocks())]
+
+
+class EvaAdapter(SlowPathAdapter):
+    "timm's Eva (EVA-02, and `attn_type='rope'`): rotary embeddings on q and k of the patch tokens."
+    attention_types = (EvaAttention, AttentionRope)
+
+
+class BeitAdapter(SlowPathAdapter):
+    "timm's Beit: a relative position bias (per block, or shared) added to the logits."
+    attention_types = (BeitAttention,)
+
+# %% ../nbs/02_probe.ipynb #954651be
+class CaitAdapter(ViTAdapter):
+    "timm's Cait: talking-heads self-attention over the patches, then class-attention blocks where the CLS token joins."
+    late_cls = True
+
+    def blocks(self) -> list[nn.Module]: return list(self.model.blocks) + list(self.model.blocks_token_only or [])
+    def layout(self, img_hw) -> TokenLayout: return _prefix_layout(self.model, img_hw, cls_joins=len(self.model.blocks))
+    def unfused(self) -> list[nn.Module]: return [blk.attn for blk in self.model.blocks_token_only or []]
+
+    def check(self):
+        kinds = [(TalkingHeadAttn, blk) for blk in self.model.blocks] + [(ClassAttn, blk) for blk in self.model.blocks_token_only or []]
+        for i, (kind, blk) in enumerate(kinds):
+            if not isinstance(getattr(blk, 'attn', None), kind):
+                raise UnsupportedModel(f"block {i} of this Cait has {type(getattr(blk, 'attn', None)).__name__} attention, "
+                                       f"not {kind.__name__}; probe cannot read it.")
+
+    def block_tokens(self, i, out):
+        if i < len(self.model.blocks):              # patches only: the CLS token has not joined yet
+            self.patches = out
+            return torch.cat([out.new_full((out.shape[0], 1, out.shape[2]), float('nan')), out], 1)
+        return torch.cat([out, self.patches], 1)    # the CLS token; the patches as the self-attention blocks left them
+
+    def attention_hooks(self, keep) -> list:
+        def self_attn(i):                           # proj_w's input: the softmax output, B, N, N, H
+            def hook(mod, args):
+                p = args[0].permute(0, 3, 1, 2).float()                                  # B, H, N, N
+                a = torch.zeros(*p.shape[:2], p.shape[-1] + 1, p.shape[-1] + 1, dtype=p.dtype, device=p.device)
+                a[:, :, 0], a[:, :, 1:, 1:] = float('nan'), p                          # B, H, T, T: no CLS row yet
+                keep(i, a)
+            return hook
+        def class_attn(i):                          # attn_drop's input: the CLS row over [CLS, patches], B, H, 1, T
+            def hook(mod, inp, out):
+                p = inp[0].float()
+                keep(i, torch.cat([p, p.new_full((*p.shape[:2], p.shape[-1] - 1, p.shape[-1]), float('nan'))], 2))
+            return hook
+        d = len(self.model.blocks)
+        return ([blk.attn.proj_w.register_forward_pre_hook(self_attn(i)) for i, blk in enumerate(self.model.blocks)]
+                + [blk.attn.attn_drop.register_forward_hook(class_attn(d + j)) for j, blk in enumerate(self.model.blocks_token_only or [])])
+
+# %% ../nbs/02_probe.ipynb #f82d7814
+ADAPTERS = ((VisionTransformer, ViTAdapter), (Eva, EvaAdapter), (Beit, BeitAdapter), (Cait, CaitAdapter))   # the families probe reads
+
+
+def model_adapter(model: nn.Module) -> ViTAdapter:
+    "The adapter of `model`'s family, its attention checked; one sentence naming the family when probe cannot read it."
+    for family, adapter in ADAPTERS:
+        if isinstance(model, family):
+            a = adapter(model); a.check()
+            return a
+    raise UnsupportedModel(f"probe reads timm's ViT families ({', '.join(f.__name__ for f, _ in ADAPTERS)}, and what subclasses them), "
+                           f"and {type(model).__name__} is not one of them; hierarchical and multi-branch models (Swin, PVT-v2, "
+                           "CrossViT) are not supported yet.")
+
+
+def token_layout(model: nn.Module, img_hw: tuple[int, int]) -> TokenLayout:
+    "The token layout of `model` for images of height and width `img_hw`."
+    return model_adapter(model).layout(img_hw)
 
 # %% ../nbs/02_probe.ipynb #f048c6f9
 @dataclass
@@ -77,7 +213,7 @@ class MassiveActivations:
 # %% ../nbs/02_probe.ipynb #93bd9763
 @dataclass
 class ProbeResult:
-    "What one probe pass measured on a batch of B images with T tokens in a model of `depth` blocks and H heads."
+    "What one probe pass measured on a batch of B images with T tokens in a model of `depth` blocks and H heads (CaiT: NaN where a token is absent, see `CaitAdapter`)."
     norms: torch.Tensor                    # [depth+1, B, T] L2 norm of each token after each block, last: after the final norm
     layout: TokenLayout
     massive: MassiveActivations
@@ -90,72 +226,53 @@ class ProbeResult:
     @property
     def depth(self) -> int: return self.norms.shape[0] - 1
 
-# %% ../nbs/02_probe.ipynb #35560f2a
-def _attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    "Softmax attention probabilities [B, H, N, N+S] recomputed in float32 from a timm Attention's qkv output (S bias slots)."
-    B, N, _ = qkv.shape
-    q, k, _ = qkv.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # B, H, N, D each
-    q, k = attn.q_norm(q.float()), attn.k_norm(k.float())
-    if getattr(attn, 'bias_slots', ()): k = torch.cat([k, attn.slot_kv(B, torch.float32)[0]], 2)   # B, H, N+S, D
-    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # B, H, N, N+S
-
 # %% ../nbs/02_probe.ipynb #e9e344fd
 def _massive(hidden: list[torch.Tensor], k: int = 3) -> MassiveActivations:
-    "Top-k |activation| per layer with their feature dims and tokens, and the median |activation|."
+    "Top-k |activation| per layer with their feature dims and tokens, and the median |activation| (NaN tokens, absent in a layer, left out)."
     vals, dims, toks, meds = [], [], [], []
     for h in hidden:                                   # B, T, C
         a = h.float().abs()
-        v, i = a.flatten().topk(k)
+        v, i = a.nan_to_num(nan=-1.0).flatten().topk(k)   # |activation| >= 0: an absent token never ranks
         _, T, C = a.shape
         vals.append(v); dims.append(i % C); toks.append((i // C) % T)
-        meds.append(a.flatten().median())
+        meds.append(a.flatten().nanmedian())
     return MassiveActivations(torch.stack(vals), torch.stack(dims), torch.stack(toks), torch.stack(meds))
-
-# %% ../nbs/02_probe.ipynb #b7a2ab7b
-def _check_probeable(model):
-    if not isinstance(model, VisionTransformer):
-        raise TypeError(f"probe needs a timm VisionTransformer, got {type(model).__name__}.")
-    for i, blk in enumerate(model.blocks):
-        if not (hasattr(blk, 'attn') and isinstance(getattr(blk.attn, 'qkv', None), nn.Linear)):
-            raise TypeError(f"block {i} has no timm-style attention with a fused qkv projection "
-                            f"({type(getattr(blk, 'attn', None)).__name__}); probe cannot recompute its attention.")
 
 # %% ../nbs/02_probe.ipynb #e99c9dba
 @torch.no_grad()
 def probe(
-    model: VisionTransformer,    # a timm VisionTransformer (ours or plain timm)
+    model: nn.Module,            # a timm ViT of a family in ADAPTERS (ours or plain timm)
     images: torch.Tensor,        # [B, 3, H, W] normalized images
     attention: bool | str = True,  # True: full maps; 'summary': only prefix rows and received; False: none
     features: list[int] | None = None,  # layers whose raw tokens to keep (0..depth-1: blocks, depth: final norm)
     massive_k: int = 3,          # how many of the largest activations to keep per layer
 ) -> ProbeResult:
     "One no-grad forward pass over `images`, measuring token norms, attention and massive activations."
-    _check_probeable(model)
+    adapter = model_adapter(model)
     if images.ndim != 4: raise ValueError(f"images must be a [B, 3, H, W] batch, got shape {tuple(images.shape)}.")
-    depth, features = len(model.blocks), set(features or [])
-    hidden, attns, handles = [None] * depth, [None] * depth, []
-    final = {}
+    blocks, features = adapter.blocks(), set(features or [])
+    depth, layout = len(blocks), adapter.layout(images.shape[-2:])
+    hidden, attns, final, n_prefix = [None] * depth, [None] * depth, {}, layout.n_prefix
     def keep_block(i):
-        def hook(mod, inp, out): hidden[i] = out
+        def hook(mod, inp, out): hidden[i] = adapter.block_tokens(i, out)
         return hook
-    def keep_attn(i, attn_mod):
-        def hook(mod, inp, out):
-            a = _attention_from_qkv(attn_mod, out)        # B, H, T, T
-            attns[i] = (a if attention is True else None, a[:, :, :n_prefix], a.mean(dim=2))
-        return hook
+    def keep_attn(i, a):                                    # B, H, T, S
+        received = a.nanmean(dim=2) if adapter.late_cls else a.mean(dim=2)   # over the queries present
+        attns[i] = (a if attention is True else None, a[:, :, :n_prefix], received)
 
-    layout = token_layout(model, images.shape[-2:])
-    n_prefix, was_training = layout.n_prefix, model.training
+    handles, fused, was_training = [], {}, model.training
     try:
-        for i, blk in enumerate(model.blocks):
-            handles.append(blk.register_forward_hook(keep_block(i)))
-            if attention: handles.append(blk.attn.qkv.register_forward_hook(keep_attn(i, blk.attn)))
-        handles.append(model.norm.register_forward_hook(lambda m, i, o: final.setdefault('x', o)))
+        for i, blk in enumerate(blocks): handles.append(blk.register_forward_hook(keep_block(i)))
+        if attention:
+            handles += adapter.attention_hooks(keep_attn)
+            for m in adapter.unfused(): fused[m], m.fused_attn = m.fused_attn, False
+        handles.append(adapter.final_norm().register_forward_hook(lambda m, i, o: final.setdefault('x', o)))
         model.eval()
         device = next(model.parameters()).device
         logits = model(images.to(device))
     finally:
         for h in handles: h.remove()
+        for m, flag in fused.items(): m.fused_attn = flag
         model.train(was_training)
 
     tokens = hidden + [final['x']]                          # depth+1 x [B, T, C]

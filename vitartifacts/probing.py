@@ -14,7 +14,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from . import data
 from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8, walk_files
 from .models import build_probe_model
-from .probe import ProbeResult, MassiveActivations, probe
+from .probe import ProbeResult, MassiveActivations, model_adapter, probe
 from .runs import RunLocked, lock_holder
 from .store import ProbeStore
 
@@ -145,6 +145,7 @@ def probe_command(
         net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
                                       patch_size=patch_size, num_classes=num_classes)
         source = str(Path(weights).resolve())
+    model_adapter(net)                      # a family the probe cannot read: one sentence, before any image is read
     net = net.to(device)
     size_px = img_size or info.get('img_size') or net.patch_embed.img_size[0]
     mean, std = model_normalization(net)

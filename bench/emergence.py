@@ -88,7 +88,7 @@ def train_command(setting: str, variant: str, seed: int, runs_dir: Path, cache_d
 
 
 def train(setting: str, variant: str, seed: int, runs_dir: Path, cache_dir: str, epochs: int | None = None) -> float:
-    "Train one run to its end (or resume it), echoing its epoch lines; return the seconds it took (0: was done)."
+    "Train one run to its end (or resume it), echoing its epoch lines; return the seconds it took (0: it was done)."
     cmd = train_command(setting, variant, seed, runs_dir, cache_dir, epochs)
     if cmd is None: return 0.0
     log = runs_dir / 'logs' / f'{run_name(setting, variant, seed)}.log'
@@ -171,13 +171,18 @@ def analyse(run_dir: Path) -> dict:
         pn = patch_norms(d['norms'], layout)                                           # L+1, K, N
         bim, sig = detect_outliers(d['norms'], layout, 'bimodal'), detect_outliers(d['norms'], layout, 'sigma')
         shares = sink_share(d['attn_received'], layout)
+        received = d['attn_received'].mean(2)[..., layout.n_prefix:layout.n_tokens]      # depth, K, N: mean over heads
         for l in range(len(pn)):
             med = float(np.median(pn[l]))
-            m = bim.mask[l]
+            m, ms = bim.mask[l], sig.mask[l]
+            top = received[l].argmax(-1) if l < len(received) else None                  # each image's most attended patch
             rows.append(dict(epoch=e, layer=l, bimodal=float(bim.ratio[l]), sigma=float(sig.ratio[l]),
                              outlier_norm_ratio=float(pn[l][m].mean() / med) if m.any() else math.nan,
                              max_median=float(pn[l].max() / med),
                              background_share=float((~objects[m]).mean()) if m.any() else math.nan,
+                             sigma_background_share=float((~objects[ms]).mean()) if ms.any() else math.nan,
+                             top_patch_background=float((~objects[np.arange(len(top)), top]).mean()) if top is not None else math.nan,
+                             background_patches=float((~objects).mean()),
                              **({f'share_{k}': float(v[l].mean()) for k, v in shares.items()} if l < len(d['attn_received']) else {})))
     depth = len(rows) // max(1, len(epochs)) - 1                                       # blocks (the last row: the final norm)
     last = [r for r in rows if r['epoch'] == epochs[-1] and r['layer'] < depth]
@@ -185,12 +190,18 @@ def analyse(run_dir: Path) -> dict:
     late = [r for r in last if r['layer'] >= math.ceil(depth / 3)]
     hits = [r for r in late if 0.005 <= r['bimodal'] <= 0.10 and r['outlier_norm_ratio'] >= 4 and r['background_share'] > 0.5]
     best = max(late, key=lambda r: (r['bimodal'] > 0, r['max_median']))
-    acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
+    metrics = read_metrics(run_dir)
+    acc = [m['val_acc1'] for m in metrics if m.get('val_acc1') is not None]
     summary = dict(run=run_dir.name, epochs=epochs[-1], val_acc1=acc[-1] if acc else math.nan,
+                   train_seconds=float(sum(m.get('seconds', 0) for m in metrics)),
+                   images_per_s=float(np.median([m['images_per_s'] for m in metrics if 'images_per_s' in m] or [math.nan])),
                    clean_at_start=all(r['bimodal'] == 0 for r in first), emerged=bool(hits) and all(r['bimodal'] == 0 for r in first),
                    layer=best['layer'], bimodal=best['bimodal'], sigma=best['sigma'], outlier_norm_ratio=best['outlier_norm_ratio'],
                    max_median=best['max_median'], background_share=best['background_share'],
                    max_median_start=max(r['max_median'] for r in first if r['layer'] < depth),
+                   sigma_background_share=best['sigma_background_share'], background_patches=best['background_patches'],
+                   top_patch_share=max(r['share_top patch'] for r in late),
+                   top_patch_background=max(late, key=lambda r: r['share_top patch'])['top_patch_background'],
                    share_cls=np.mean([r.get('share_cls', math.nan) for r in last]),
                    share_registers=np.mean([r.get('share_registers', math.nan) for r in last]))
     if hits:
@@ -201,8 +212,9 @@ def analyse(run_dir: Path) -> dict:
 
 
 def markdown(summaries: list[dict]) -> str:
-    cols = ['run', 'epochs', 'val_acc1', 'seconds', 'clean_at_start', 'emerged', 'layer', 'bimodal', 'sigma',
-            'outlier_norm_ratio', 'max_median', 'max_median_start', 'background_share', 'share_cls', 'share_registers']
+    cols = ['run', 'epochs', 'val_acc1', 'train_seconds', 'images_per_s', 'clean_at_start', 'emerged', 'layer', 'bimodal', 'sigma',
+            'outlier_norm_ratio', 'max_median', 'max_median_start', 'background_share', 'sigma_background_share',
+            'background_patches', 'top_patch_share', 'top_patch_background', 'share_cls', 'share_registers']
     fmt = lambda v: (f'{v:.3g}' if isinstance(v, float) and not math.isnan(v) else '-' if isinstance(v, float) else str(v))
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(fmt(s.get(c, math.nan)) for c in cols) + ' |' for s in summaries]
@@ -227,19 +239,16 @@ def main():
     runs_dir = Path(args.runs_dir)
     env = environment('cpu', torch_threads=torch.get_num_threads())
     print(header(env))
-    seconds = {}
     if not args.table:
         for setting in args.settings:
             for variant in args.variants:
                 for seed in args.seeds:
-                    seconds[run_name(setting, variant, seed)] = train(setting, variant, seed, runs_dir, args.cache_dir, args.epochs)
+                    train(setting, variant, seed, runs_dir, args.cache_dir, args.epochs)
     try: old = json.loads(Path(args.out).read_text())
     except (OSError, ValueError): old = {}
     results = {r['summary']['run']: r for r in old.get('results', [])}
     for run_dir in sorted(p for p in runs_dir.iterdir() if (p / 'checkpoints' / 'final.pt').exists()):
         r = analyse(run_dir)
-        prev = results.get(run_dir.name, {}).get('summary', {})
-        r['summary']['seconds'] = seconds.get(run_dir.name) or prev.get('seconds', math.nan)
         r['summary']['setting'] = run_dir.name.rsplit('-', 2)[0]
         results[run_dir.name] = r
     summaries = [r['summary'] for r in results.values()]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_figures.ipynb #4b88927a
 from __future__ import annotations
-import dataclasses, io, json
+import dataclasses, io, json, math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +22,9 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'ViewState', 'layer_name',
            'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle', 'plotly_bundle',
-           'FigureWidget', 'ExploreFigures', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d',
-           'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif',
-           'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
+           'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'posemb_similarity', 'posemb_figure',
+           'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views',
+           'norm_frames', 'norm_gif', 'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -193,6 +193,20 @@ class FigureWidget(go.FigureWidget):
     @traitlets.default('_bundle_id')
     def _default_bundle_id(self): return plotly_bundle().model_id
 
+# %% ../nbs/08a_figures.ipynb #f1f1f0c1
+def epoch_ticks(epochs) -> dict:
+    "Axis settings for an epoch axis: whole epochs only, about eight ticks."
+    top = max(list(epochs) or [1])
+    return dict(tick0=0, dtick=max(1, math.ceil(top / 8)), tickformat='d')
+
+
+def sink_scale(shares) -> float:
+    """The top of a sink-share colour scale: the largest share over every epoch, block and head (at least 0.001), so a
+    share of 0.01-0.05 fills the scale instead of looking empty on 0..1, and scrubbing epochs keeps one scale."""
+    v = np.asarray(shares, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(max(v.max() if len(v) else 0.0, 1e-3))
+
 # %% ../nbs/08a_figures.ipynb #ffe41e06
 class ExploreFigures:
     "The explorer's panels for one run as plotly figures (FigureWidgets with `widget=True`), and `update` to move them to a `ViewState`."
@@ -268,7 +282,7 @@ def _build_ratio(self: ExploreFigures):
     traces.append(go.Scatter(x=[], y=[], mode='lines', name='epoch', line=dict(color='black', width=1), showlegend=False,
                              hoverinfo='skip'))
     fig = go.Figure(traces)
-    fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
+    fig.update_xaxes(title_text='epoch', **epoch_ticks(self.run.epochs)); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
     fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
                       legend=dict(x=0, y=1, bgcolor='rgba(255,255,255,0.6)'))
     return fig
@@ -290,14 +304,16 @@ def _build_sinks(self: ExploreFigures):
 @patch
 def _build_curves(self: ExploreFigures):
     m, e = self.run.metrics, self.run.epochs
+    if 'epoch' not in m or not len(m):                          # a probe-only store, or a run before its first epoch ends
+        return _note_figure(f'{self.run.name}: no training curves (probed, not trained here)', 'training')
     fig = make_subplots(rows=1, cols=2, subplot_titles=('loss', 'accuracy'), horizontal_spacing=0.12)
-    x = m['epoch'] if 'epoch' in m else []
+    x = m['epoch']
     for col, keys in ((1, ('train_loss', 'val_loss')), (2, ('val_acc1', 'val_acc5'))):
         for k in keys:
             if k in m: fig.add_trace(go.Scatter(x=np.asarray(x, np.float32), y=m[k].to_numpy(np.float32), mode='lines', name=k), 1, col)
         fig.add_trace(go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
                                  hoverinfo='skip', name='epoch'), 1, col)
-    fig.update_xaxes(title_text='epoch')
+    fig.update_xaxes(title_text='epoch', **epoch_ticks(m['epoch']))
     fig.update_layout(width=620, height=300, margin=dict(l=50, r=10, t=40, b=40), legend=dict(orientation='h', y=-0.3))
     return fig
 
@@ -368,7 +384,8 @@ def _update_hist(self: ExploreFigures, fig, s):
         t = float(self.run.thresholds[d][s.epoch, s.layer])
         ok = np.isfinite(t)
         tr = fig.data[1 + i]
-        tr.x, tr.y, tr.name = ([t, t], [0.7, top], f"{d} {t:.3g}") if ok else ([], [], f"{d}: none")
+        off = ok and not edges[0] <= t <= edges[-1]                 # drawn outside the axis: the legend says so
+        tr.x, tr.y, tr.name = ([t, t], [0.7, top], f"{d} {t:.3g}" + (' (off scale)' if off else '')) if ok else ([], [], f"{d}: none")
     fig.layout.yaxis.range = [np.log10(0.7), np.log10(top)]
     fig.layout.xaxis.range = [np.log10(edges[0]), np.log10(edges[-1])]
     fig.layout.title.text = f'patch-token norms, epoch {self.run.epochs[s.epoch]}, {layer_name(self.run, s.layer)}'
@@ -392,6 +409,7 @@ def _update_ratio(self: ExploreFigures, fig, s):
 def _update_sinks(self: ExploreFigures, fig, s):
     run = self.run
     fig.data[0].z, fig.data[0].x, fig.data[0].y = run.sinks[s.sink][s.epoch], list(range(run.n_heads)), list(range(run.depth))
+    fig.data[0].zmin, fig.data[0].zmax = 0, sink_scale(run.sinks[s.sink])   # one scale over the epochs, fitted to the data
     l = run.attn_layer(s.layer)
     heads = list(range(run.n_heads)) if s.head is None else [s.head]
     fig.data[1].x, fig.data[1].y = heads, [l] * len(heads)

@@ -15,6 +15,10 @@ function f32(o) {                      // {shape, b64} -> {d: Float32Array, shap
     return d.subarray(off, off + (idx.length ? strides[idx.length - 1] : d.length));
   }};
 }
+function sinkScale(arr) {              // figures.sink_scale: the largest share over the epochs kept (at least 0.001)
+  if (arr.top === undefined) { let t = 1e-3; for (const v of arr.d) if (v > t) t = v; arr.top = t; }
+  return arr.top;
+}
 function grid2d(flat, h, w) { const z = []; for (let i = 0; i < h; i++) z.push(Array.from(flat.subarray(i * w, (i + 1) * w))); return z; }
 function tile(maps, h, w, cols) {      // as the notebook's `tile`: blank column between maps, blank rows above each
   const g = Math.max(1, Math.round(h / 5)), rows = Math.ceil(maps.length / cols), H = rows * (h + g), W = cols * (w + 1) - 1, z = [];
@@ -104,7 +108,8 @@ function updateRun(ri, s, details) {
   const ht = {0: {x: edges, y: y}};
   r.detectors.forEach((d, i) => {
     const t = a.thresholds[d].at(ei)[l], ok = Number.isFinite(t);
-    ht[i + 1] = {x: ok ? [t, t] : [], y: ok ? [0.7, top] : [], name: ok ? `${d} ${fmt(t)}` : `${d}: none`};
+    const off = ok && !(edges[0] <= t && t <= edges[edges.length - 1]);   // outside the axis: the legend says so
+    ht[i + 1] = {x: ok ? [t, t] : [], y: ok ? [0.7, top] : [], name: ok ? `${d} ${fmt(t)}${off ? ' (off scale)' : ''}` : `${d}: none`};
   });
   set(p.hist, ht, {'yaxis.range': [Math.log10(0.7), Math.log10(top)], 'xaxis.range': [Math.log10(edges[0]), Math.log10(edges[edges.length - 1])],
                    'title.text': `patch-token norms, epoch ${e}, ${layerName(r, l)}`});
@@ -116,7 +121,8 @@ function updateRun(ri, s, details) {
   const sk = a.sinks[s.sink] ? s.sink : r.default_sink, sz = [];
   for (let b = 0; b < r.depth; b++) sz.push(Array.from(a.sinks[sk].at(ei, b)));
   const heads = [...Array(r.n_heads).keys()];
-  set(p.sinks, {0: {z: sz}, 1: {x: heads, y: heads.map(() => al)}}, {'title.text': `attention share of ${sk}, epoch ${e}`});
+  set(p.sinks, {0: {z: sz, zmin: 0, zmax: sinkScale(a.sinks[sk])}, 1: {x: heads, y: heads.map(() => al)}},
+      {'title.text': `attention share of ${sk}, epoch ${e}`});
   // training curves: move the epoch markers
   const ct = {}; p.curves.data.forEach((tr, i) => { if (tr.name === 'epoch') ct[i] = {x: [e, e]}; });
   set(p.curves, ct);

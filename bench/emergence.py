@@ -15,8 +15,8 @@ and mean + 3 sigma):
 A run shows emergence as defined here when, with no planting of any kind: at the first probe (epoch 0) no layer has
 outliers, and at the last probe some layer past the first third holds bimodal outliers at 0.5-10% of the patch tokens,
 at least 4x the median norm, mostly (over half) on background patches. For those runs the last epoch's tokens go through
-two linear probes of `vitartifacts.analysis`-style: the patch position (local information, `position_probe`) and the
-image's class (global information), each scored on outlier and on normal tokens.
+the two linear probes of `vitartifacts.analysis`: the patch position (local information, `position_probe`) and the
+image's class (global information, `class_probe`), each scored on outlier and on normal tokens.
 
     .venv/bin/python bench/emergence.py --list                                   # the candidate settings
     .venv/bin/python bench/emergence.py --settings count sparse --seeds 0        # vanilla only: the screening
@@ -28,7 +28,7 @@ ones. The table goes to bench/results/emergence_cpu.json and is printed as markd
 """
 from __future__ import annotations
 
-import argparse, json, math, os, subprocess, sys, time
+import argparse, json, math, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -116,45 +116,12 @@ def object_patches(images: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return obj[:, :grid[0] * ph, :grid[1] * pw].reshape(K, grid[0], ph, grid[1], pw).any((2, 4)).reshape(K, -1)
 
 
-def class_probe(tokens: np.ndarray, labels: np.ndarray, mask: np.ndarray, train_frac: float = 0.5, l2: float = 1e-2) -> dict:
-    """Linear probe from one token to the image's class (global information), fitted on the normal tokens of the first
-    images by ridge regression onto one-hot labels, scored on the rest: accuracy on normal and on outlier tokens."""
-    x = torch.as_tensor(tokens, dtype=torch.float64)                                 # B, N, C
-    m = torch.as_tensor(mask, dtype=torch.bool)
-    B, N, C = x.shape
-    n_train = max(1, min(B - 1, int(round(B * train_frac))))
-    y = torch.as_tensor(labels, dtype=torch.long)[:, None].expand(B, N)
-    fit = ~m[:n_train]
-    xs, ys = x[:n_train][fit], y[:n_train][fit]
-    mu, sd = xs.mean(0), xs.std(0).clamp_min(1e-8)
-    z = (xs - mu) / sd
-    k = int(labels.max()) + 1
-    onehot = torch.nn.functional.one_hot(ys, k).double()
-    w = torch.linalg.solve(z.T @ z + l2 * len(z) * torch.eye(C, dtype=z.dtype), z.T @ (onehot - onehot.mean(0)))
-    hit = ((((x[n_train:] - mu) / sd) @ w).argmax(-1) == y[n_train:])
-    tm = m[n_train:]
-    acc = lambda sel: hit[sel].double().mean().item() if sel.any() else math.nan
-    return dict(normal_acc=acc(~tm), outlier_acc=acc(tm), chance=float(np.bincount(labels).max() / len(labels)))
-
-
-def info_probes(run_dir: Path, epoch: int, layer: int, mask: np.ndarray) -> dict:
+def info_probes(run_dir: Path, epoch: int, layer: int) -> dict:
     "Position (local) and class (global) probes of the patch tokens after block `layer` at `epoch`, outliers apart."
-    from vitartifacts.analysis import position_probe
-    from vitartifacts.config import Config
-    from vitartifacts.probe import probe
+    from vitartifacts.analysis import information_over_epochs
     from vitartifacts.store import ProbeStore
-    from vitartifacts.train import build_model
-    store = ProbeStore(run_dir)
-    cfg = Config.load(run_dir / 'config.yaml')
-    labels = store.labels
-    model = store.load_model_weights(build_model(cfg, int(labels.max()) + 1 if cfg.dataset != 'imagefolder' else
-                                                 len(os.listdir(Path(cfg.data_path) / 'train'))), epoch)
-    res = probe(model, store.images(normalized=True), attention=False, features=[layer])
-    tokens = res.features[layer][:, store.layout.n_prefix:].numpy()
-    pos = position_probe(tokens, mask, store.layout.grid)
-    cls = class_probe(tokens, labels, mask)
-    return dict(position_acc_normal=pos['normal_acc'], position_acc_outlier=pos['outlier_acc'], position_chance=pos['chance'],
-                class_acc_normal=cls['normal_acc'], class_acc_outlier=cls['outlier_acc'], class_chance=cls['chance'])
+    row = information_over_epochs(ProbeStore(run_dir), layer, 'bimodal', [epoch]).iloc[0]
+    return {k: float(row[k]) for k in ('position_normal', 'position_outlier', 'position_chance', 'class_normal', 'class_outlier', 'class_chance')}
 
 
 def analyse(run_dir: Path) -> dict:
@@ -206,8 +173,7 @@ def analyse(run_dir: Path) -> dict:
                    share_registers=np.mean([r.get('share_registers', math.nan) for r in last]))
     if hits:
         h = max(hits, key=lambda r: r['bimodal'])
-        mask = detect_outliers(store.load(epochs[-1], ['norms'])['norms'], layout, 'bimodal').mask[h['layer']]
-        summary.update(info_probes(run_dir, epochs[-1], h['layer'], mask))
+        summary.update(info_probes(run_dir, epochs[-1], h['layer']))
     return dict(summary=summary, rows=rows)
 
 

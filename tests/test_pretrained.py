@@ -18,17 +18,17 @@ def command():
     return [exe] if exe else [sys.executable, '-m', 'vitartifacts.cli']
 
 
-def hub_cache(root: Path) -> Path:
-    "A Hugging Face hub cache holding NAME's weights (random, seeded) as timm would have downloaded them."
+def hub_cache(root: Path, name: str = NAME) -> Path:
+    "A Hugging Face hub cache holding `name`'s weights (random, seeded) as timm would have downloaded them."
     import timm
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    model = timm.create_model(NAME, pretrained=False)
+    model = timm.create_model(name, pretrained=False)
     repo = root / f"models--{model.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
     snap = repo / 'snapshots' / REV
     snap.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, snap / 'model.safetensors')
-    (snap / 'config.json').write_text(json.dumps(dict(architecture=NAME.split('.')[0], num_classes=model.num_classes,
+    (snap / 'config.json').write_text(json.dumps(dict(architecture=name.split('.')[0], num_classes=model.num_classes,
                                                       pretrained_cfg=dict(model.pretrained_cfg))))
     (repo / 'refs').mkdir(); (repo / 'refs' / 'main').write_text(REV)
     return snap / 'model.safetensors'
@@ -70,3 +70,31 @@ def test_pretrained_without_network_or_cache_is_one_sentence(tmp_path):
     res = subprocess.run(command() + ['probe', '--images', str(tmp_path / 'imgs'), '--out', str(tmp_path / 'out')],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and 'probe needs --weights FILE, or --model NAME --pretrained' in res.stderr, res.stderr
+
+
+def test_the_pretrained_notebook_runs_under_papermill_on_the_local_cache(tmp_path):
+    "nbs/workflows/pretrained.ipynb, as a user runs it headless: two timm families from the hub cache, side by side."
+    import nbformat
+    names = [NAME, 'deit_tiny_distilled_patch16_224.fb_in1k']          # a ViT and a distilled DeiT (its dist token)
+    for n in names: hub_cache(tmp_path / 'hub', n)
+    images = tmp_path / 'imgs'; images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3): Image.fromarray(rng.integers(0, 255, (240, 250, 3), dtype=np.uint8)).save(images / f'{i}.png')
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hub'), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'pretrained.ipynb'
+    res = subprocess.run([sys.executable, '-m', 'papermill', str(repo / 'nbs' / 'workflows' / 'pretrained.ipynb'), str(out),
+                          '-y', json.dumps(dict(models=names, images=str(images), n_images=3, out_dir=str(tmp_path / 'runs'))),
+                          '--cwd', str(repo), '--no-progress-bar'], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from vitartifacts.store import ProbeStore
+    stores = [ProbeStore(tmp_path / 'runs' / n) for n in names]
+    assert [s.meta['model']['weights'] for s in stores] == [f'hf-hub:timm/{n}' for n in names]
+    assert stores[1].layout.prefix_names == ['cls', 'dist']
+    nb = nbformat.read(out, as_version=4)
+    figures = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])
+               if 'application/vnd.plotly.v1+json' in o.get('data', {})]
+    titles = [f['data']['application/vnd.plotly.v1+json']['layout'].get('title', {}).get('text', '') for f in figures]
+    assert len(figures) == 2 and 'outlier ratio' in titles[0], titles
+    norm_maps = figures[1]['data']['application/vnd.plotly.v1+json']['data']
+    assert len(norm_maps) == 3 * len(names) and all(t['type'] == 'heatmap' for t in norm_maps)   # 3 images x 2 models

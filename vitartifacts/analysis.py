@@ -23,8 +23,8 @@ __all__ = ['DETECTORS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_c
            'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps', 'register_maps', 'attention_rollout',
            'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share', 'sink_share', 'SinkRate',
            'sink_rate', 'stored_massive', 'massive_table', 'patch_embeddings', 'neighbour_similarity',
-           'outlier_redundancy', 'position_probe', 'outlier_cache_path', 'epoch_stamp', 'read_norms',
-           'outliers_over_epochs', 'sinks_over_epochs', 'run_summary', 'compare_runs']
+           'outlier_redundancy', 'position_probe', 'class_probe', 'outlier_cache_path', 'epoch_stamp', 'read_norms',
+           'outliers_over_epochs', 'sinks_over_epochs', 'information_over_epochs', 'run_summary', 'compare_runs']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -356,6 +356,30 @@ def position_probe(patch_tokens, mask, grid: tuple[int, int], train_frac: float 
     return dict(normal_acc=acc_n, outlier_acc=acc_o, normal_error=err_n, outlier_error=err_o,
                 n_normal=int((~test_mask).sum()), n_outlier=int(test_mask.sum()), chance=1 / N)
 
+# %% ../nbs/07_analysis.ipynb #c1a50002
+def class_probe(patch_tokens, labels, mask, train_frac: float = 0.5, l2: float = 1e-2) -> dict:
+    "Linear probe from one token to its image's class, fitted and scored separately on normal and on outlier tokens."
+    x = torch.as_tensor(as_numpy(patch_tokens), dtype=torch.float64)                 # B, N, C
+    m = torch.as_tensor(np.asarray(mask, bool))
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)[:, None].expand(x.shape[:2])
+    B, N, C = x.shape
+    n_train, k = max(1, min(B - 1, int(round(B * train_frac)))), int(y.max()) + 1
+    fit = torch.zeros(B, dtype=torch.bool)                                        # a seeded half: probe sets are often
+    fit[torch.randperm(B, generator=torch.Generator().manual_seed(0))[:n_train]] = True   # sorted by class
+    def score(sel):                                                               # sel [B, N]: the tokens of one kind
+        tr, te = sel & fit[:, None], sel & ~fit[:, None]
+        if not tr.any() or not te.any(): return math.nan
+        xs, mu = x[tr], x[tr].mean(0)
+        sd = xs.std(0).clamp_min(1e-8) if len(xs) > 1 else torch.ones(C, dtype=x.dtype)
+        z = (xs - mu) / sd
+        onehot = torch.nn.functional.one_hot(y[tr], k).double()
+        prior = onehot.mean(0)                                                    # the intercept: class frequencies
+        w = torch.linalg.solve(z.T @ z + l2 * len(z) * torch.eye(C, dtype=z.dtype), z.T @ (onehot - prior))
+        return (((((x[te] - mu) / sd) @ w) + prior).argmax(-1) == y[te]).double().mean().item()
+    counts = np.bincount(np.asarray(labels)[~fit.numpy()], minlength=k)
+    return dict(normal_acc=score(~m), outlier_acc=score(m), n_outlier=int(m[~fit].sum()),
+                chance=float(counts.max() / max(counts.sum(), 1)))
+
 # %% ../nbs/07_analysis.ipynb #4fa3de71
 def outlier_cache_path(store: ProbeStore, detector: str, **kwargs) -> Path:
     "Where `outliers_over_epochs` keeps the tables of `detector` with settings `kwargs` for this run."
@@ -412,6 +436,34 @@ def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, thresh
         for layer in range(a.shape[0]):
             rows.append(dict(epoch=e, layer=layer, sink_rate=float(rate.per_head[layer].mean()),
                              **{k: float(v[layer].mean()) for k, v in shares.items()}))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07_analysis.ipynb #c1a50005
+def information_over_epochs(store: ProbeStore, layer: int | None = None, detector: str = 'bimodal',
+                            epochs: list[int] | None = None) -> pd.DataFrame:
+    """Per probe epoch with stored weights: the outlier ratio after block `layer` (default: the block of the largest
+    outlier ratio at the last probe epoch, or two thirds down when there is none) and the position (local) and class
+    (global) probes of its patch tokens, normal and outlier apart."""
+    from vitartifacts.models import create_model
+    from vitartifacts.probe import probe
+    epochs = store.weight_epochs if epochs is None else list(epochs)
+    if not epochs: raise FileNotFoundError(f"{store.root} keeps no weights of its probe epochs (train with probe_weights=True); "
+                                           "the probes rebuild each epoch's model from them.")
+    labels, depth, lay = store.labels, store.meta['depth'], store.layout
+    if labels is None: raise ValueError(f"{store.root} keeps no labels of its probe images; the class probe needs them.")
+    if layer is None:
+        t = outliers_over_epochs(store, detector, [store.epochs[-1]])
+        t = t[t.layer < depth]
+        layer = int(t.layer.iloc[t.outlier_ratio.argmax()]) if t.outlier_ratio.max() > 0 else (2 * depth) // 3
+    x, model, rows = store.images(normalized=True), create_model(**store.meta['model']), []
+    for e in epochs:
+        res = probe(store.load_model_weights(model, e), x, attention=False, features=[layer])
+        mask = detect_outliers(res.norms, lay, detector).mask[layer]
+        tokens = res.features[layer][:, lay.n_prefix:]
+        pos, cls = position_probe(tokens, mask, lay.grid), class_probe(tokens, labels, mask)
+        rows.append(dict(epoch=e, layer=layer, outlier_ratio=float(mask.mean()),
+                         position_normal=pos['normal_acc'], position_outlier=pos['outlier_acc'], position_chance=pos['chance'],
+                         class_normal=cls['normal_acc'], class_outlier=cls['outlier_acc'], class_chance=cls['chance']))
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #ad552ec8

@@ -122,6 +122,14 @@ def _epoch_arrays(epoch: int, r: ProbeResult, attn_dtype: str) -> dict:
 
 # %% ../nbs/06_store.ipynb #afd0f59e
 @torch.no_grad()
+def _same_pictures(pixels: np.ndarray, img_path: Path) -> bool:
+    "Whether uint8 `pixels` are the stored probe images, to one grey level (another device may round a pixel the other way)."
+    with np.load(img_path, allow_pickle=False) as z:
+        if 'images' not in z.files: return True
+        kept = z['images']
+    return kept.shape == pixels.shape and int(np.abs(kept.astype(np.int16) - pixels).max(initial=0)) <= 1
+
+
 def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labels=None, weights=None,
             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, model_info: dict | None = None) -> Path:
     "Store probe `result` of `epoch` (plus, once, the probe `images` and `labels`; optionally `weights`)."
@@ -145,7 +153,11 @@ def _append(self: ProbeStore, epoch: int, result: ProbeResult, images=None, labe
         raise ValueError(f"the probe result does not fit the store in {self.root} ({', '.join(differ)}); "
                          "write this probe to another folder.")
     img_path = self.root / 'images.npz'
-    pixels = images_to_uint8(images, mean, std) if images is not None and not img_path.exists() else None
+    pixels = images_to_uint8(images, mean, std) if images is not None else None
+    if pixels is not None and img_path.exists() and not _same_pictures(pixels, img_path):   # one store, one probe set
+        raise ValueError(f"these {len(pixels)} images are not the probe set stored in {self.root} (set {old.get('probe_set')}); "
+                         "probe other images into another folder, so that every epoch of a store shows the same pictures.")
+    if img_path.exists(): pixels = None                   # kept once, with the first epoch
     meta = dict(version=1, layout=result.layout.to_dict(), depth=result.depth,
                 n_heads=int(result.attn_received.shape[2]), n_images=int(result.norms.shape[1]),
                 num_classes=int(result.logits.shape[-1]), attn_dtype=attn_dtype,

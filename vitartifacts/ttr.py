@@ -15,7 +15,7 @@ from .probe import probe
 from .analysis import detect_outliers, first_separating_layer
 
 # %% auto #0
-__all__ = ['RegisterNeuron', 'find_register_neurons', 'add_test_time_registers']
+__all__ = ['RegisterNeuron', 'find_register_neurons', 'add_test_time_registers', 'register_neurons_over_epochs']
 
 # %% ../nbs/07a_ttr.ipynb #a7e1c006
 class RegisterNeuron(NamedTuple):
@@ -107,3 +107,21 @@ def add_test_time_registers(
         _mlp_act(m, layer).register_forward_hook(_move_neurons(torch.tensor([j for l, j in pairs if l == layer]), start, n))
     m.num_prefix_tokens, m.test_time_registers, m.register_neurons = start + n, n, pairs
     return m
+
+# %% ../nbs/07a_ttr.ipynb #a7e1c0b2
+def register_neurons_over_epochs(store, model: nn.Module | None = None, top_k: int = 5, detector: str = 'bimodal'):
+    """`find_register_neurons` at every probe epoch of `store` with weights: one row per epoch and rank (epoch, rank,
+    layer, neuron, score), or one row with rank NaN for an epoch without outliers. `model`: built to match the store
+    (default: from its `meta['model']`); each epoch's weights are loaded into it."""
+    import pandas as pd
+    from vitartifacts.models import create_model
+    epochs = store.weight_epochs
+    if not epochs: raise FileNotFoundError(f"{store.root} keeps no weights of its probe epochs (train with probe_weights=True); "
+                                           "the register neurons are read off each epoch's model.")
+    model = model if model is not None else create_model(**store.meta['model'])
+    images, rows = store.images(normalized=True), []
+    for e in epochs:
+        found = find_register_neurons(store.load_model_weights(model, e), images, top_k, detector=detector)
+        rows += [dict(epoch=e, rank=i, layer=t.layer, neuron=t.neuron, score=t.score) for i, t in enumerate(found)] or \
+                [dict(epoch=e, rank=float('nan'), layer=float('nan'), neuron=float('nan'), score=float('nan'))]
+    return pd.DataFrame(rows)

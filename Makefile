@@ -39,8 +39,8 @@ nbtest: $(STAMP)
 # time (pytest-xdist); the ones marked `serial` (a browser, `make demo`, the docs build, torchrun) run alone after them.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" tests/
-	$(BIN)/python -m pytest -q -m serial tests/
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" --durations=15 tests/
+	$(BIN)/python -m pytest -q -m serial --durations=10 tests/
 
 test: sync-check nbtest pytest
 

@@ -477,6 +477,8 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     settings = run_settings(run_dir)
     row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'attn_bias', 'softmax_one', 'epochs')
                                     if k in settings})
+    for k, variant in (('n_registers', 'register'), ('gate', 'gated')):       # a setting only where it applies: '-' elsewhere
+        if k in row and row.get('model') != variant: row[k] = None
     acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
     row.update(final_val_acc1=acc[-1] if acc else math.nan, best_val_acc1=max(acc) if acc else math.nan)
     if epochs:

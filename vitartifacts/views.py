@@ -286,8 +286,11 @@ def model(self: RunView, epoch: int | None = None):
     "The model with the weights kept at the latest epoch at or before `epoch` (default: the last), and that epoch."
     files = self.weight_files()
     if not files:
-        raise FileNotFoundError(f"{self.run_dir} keeps no model weights; train with probe_weights=True "
-                                "(or keep checkpoints/*.safetensors) to see rollout, position embeddings and CLS embeddings.")
+        trained = (self.run_dir / 'config.yaml').exists() or (self.run_dir / 'metrics.jsonl').exists()
+        how = ("train with probe_weights=True (or keep checkpoints/*.safetensors)" if trained else
+               "probe again with `vitartifacts probe ... --save_weights`")          # a store from the probe command alone
+        raise FileNotFoundError(f"{self.run_dir} keeps no model weights; {how} to see rollout, position embeddings "
+                                "and CLS embeddings.")
     e = max([e for e in files if epoch is None or e <= epoch] or [min(files)])
     info = self.model_info
     if 'timm_name' in info:

@@ -5,6 +5,8 @@
 # %% ../nbs/08b_widgets.ipynb #4b88927a
 from __future__ import annotations
 import html
+
+import numpy as np
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -148,12 +150,16 @@ class Comparison:
                                  tooltip=f'{len(self.shared.ids)} probe images every run shares')
         self.detector = W.Dropdown(options=list(DETECTOR_NAMES), value=detector, description='outliers',
                                    layout=W.Layout(width='200px'))
+        self.same_scale = W.Checkbox(value=False, description='one colour scale', indent=False, layout=W.Layout(width='140px'),
+                                     tooltip='norm maps and CLS maps of every run on one scale, so magnitudes compare across runs')
         self.ratio = FigureWidget(runs_ratio_figure(self.runs))
-        for w in (self.epoch, self.layer, self.head, self.image, self.detector): w.observe(lambda c: self.update(), names='value')
+        for w in (self.epoch, self.layer, self.head, self.image, self.detector, self.same_scale):
+            w.observe(lambda c: self.update(), names='value')
         rows = [W.HBox([W.HTML(f'<b>{r.name}</b><br>{r.variant}', layout=W.Layout(width='110px'))] + list(v.figs.values()))
                 for r, v in zip(self.runs, self.views)]
         note = [W.HTML(f'<b>Note:</b> {html.escape(self.shared.note)}')] if self.shared.note else []
-        self.widget = W.VBox([*note, W.HBox([self.epoch, self.layer, self.head, self.image, self.detector]), *rows, self.ratio])
+        self.widget = W.VBox([*note, W.HBox([self.epoch, self.layer, self.head, self.image, self.detector, self.same_scale]),
+                              *rows, self.ratio])
         self.update()
 
     @property
@@ -166,6 +172,12 @@ class Comparison:
         s = self.state
         for r, v, idx in zip(self.runs, self.views, self.shared.indices):
             v.update(ViewState(r.epoch_index(s['epoch']), min(s['layer'], r.depth), s['head'], idx[s['image']], '', s['detector']))
+        for panel, k in (('overlay', 1), ('cls', 0)):                   # the maps: each run's own scale, or one for all
+            traces = [v[panel].data[k] for v in self.views if len(v[panel].data) > k]
+            z = [np.asarray(t.z, dtype=float) for t in traces]
+            lo, hi = (min(np.nanmin(a) for a in z), max(np.nanmax(a) for a in z)) if z and self.same_scale.value else (None, None)
+            for v, t in zip([v for v in self.views if len(v[panel].data) > k], traces):
+                with v[panel].batch_update(): t.zmin, t.zmax, t.zauto = lo, hi, lo is None
         top = 0.01
         with self.ratio.batch_update():
             for i, r in enumerate(self.runs):

@@ -46,7 +46,13 @@ def watch(page) -> list[str]:
 
 
 # ---- the report ---------------------------------------------------------------------------------
+READ = """() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')].filter(el => el.id)
+                   .map(el => [el.id, JSON.stringify(el.data.map(t => [t.z, t.x, t.y, t.source]))])
+                   .concat([...document.querySelectorAll('.map-panel')].map(el => [el.id, el.dataset.drawn])))"""
+
+
 def test_report_slider_moves_the_views(browser, tmp_path):
+    "Every control moves what it should: epoch, layer, head, one colour scale; plotly charts off screen wait to be drawn."
     from vitartifacts.testing import fabricate_run
     from vitartifacts.report import report_command
     shape = dict(n_epochs=21, depth=6, n_heads=3, n_images=8, grid=(8, 8), patch_size=8, num_classes=4)
@@ -56,31 +62,47 @@ def test_report_slider_moves_the_views(browser, tmp_path):
     errors = watch(page)
     page.goto(out.as_uri())
     page.wait_for_function('Number(document.body.dataset.updates) >= 1', timeout=60_000)
-    read = lambda: page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.js-plotly-plot')]
-                                       .filter(el => el.id).map(el => [el.id, JSON.stringify(el.data.map(t => [t.z, t.x, t.y, t.source]))]))""")
-    before, n = read(), int(page.evaluate('document.body.dataset.updates'))
-    assert {'sinks-0', 'overlay-0', 'cls-1', 'registers-1', 'ratio-all', 'hist-0'} <= set(before)
+    read = lambda: page.evaluate(READ)
+    def moved(action):
+        n = int(page.evaluate('document.body.dataset.updates'))
+        action()
+        page.wait_for_function(f'Number(document.body.dataset.updates) > {n}', timeout=30_000)
+        return read()
+    before = read()
+    assert {'sinks-0', 'overlay-0', 'cls-1', 'registers-1', 'ratio-all', 'hist-0', 'heads-0', 'layers-0'} <= set(before)
+    hidden = {f'{m}-{i}' for m in ('sinks', 'heads', 'layers') for i in (1, 2)}       # details of the runs not chosen
+    assert {k for k in before if not before[k]} == hidden, before                  # every map in sight drawn at load
+    assert 'registers-0' not in before and page.locator('#image option').count() == 8   # every shared image kept
     page.focus('#epoch')
-    page.keyboard.press('Home')                                   # the slider to the first epoch, as a user would
-    page.wait_for_function(f'Number(document.body.dataset.updates) > {n}', timeout=30_000)
+    after = moved(lambda: page.keyboard.press('Home'))                  # the slider to the first epoch, as a user would
     assert page.eval_on_selector('#epoch', 'el => el.value') == '0'
-    after = read()
-    assert after['sinks-0'] != before['sinks-0'], 'the sink-share heat map did not follow the epoch slider'
-    for panel in ('overlay-0', 'overlay-1', 'cls-2', 'hist-0', 'layers-0', 'heads-0', 'ratio-all'):
+    for panel in ('sinks-0', 'overlay-0', 'overlay-1', 'cls-2', 'hist-0', 'layers-0', 'heads-0', 'ratio-all'):
         assert after[panel] != before[panel], f'{panel} did not follow the epoch slider'
     assert page.locator('#epoch-value').inner_text() == '0'
-    # a figure far below the fold got its data but is drawn only when it scrolls into view
-    drawn = "id => { const el = document.getElementById(id); return JSON.stringify(el._fullData[0].z) === JSON.stringify(el.data[0].z); }"
-    assert not page.evaluate(drawn, 'layers-0'), 'an off-screen figure was redrawn on every move'
-    page.locator('#layers-0').scroll_into_view_if_needed()
-    page.wait_for_function(f"({drawn})('layers-0')", timeout=10_000)
+    # a chart far below the fold got its data but is drawn only when it scrolls into view
+    drawn = """id => { const el = document.getElementById(id), marks = d => JSON.stringify(d.filter(t => t.name === 'epoch').map(t => t.x));
+                       return marks(el._fullData) === marks(el.data); }"""   # the epoch markers, as drawn and as set
+    assert not page.evaluate(drawn, 'curves-0'), 'an off-screen chart was redrawn on every move'
+    page.locator('#curves-0').scroll_into_view_if_needed()
+    page.wait_for_function(f"({drawn})('curves-0')", timeout=10_000)
     page.evaluate('window.scrollTo(0, 0)')
-    # the register run's details: the register maps of its probe image move with the layer slider
-    page.select_option('#run', '1')
-    page.focus('#layer'); page.keyboard.press('Home')
-    page.wait_for_function("document.getElementById('layer-value').textContent === '0'")
-    page.wait_for_timeout(300)
-    assert read()['registers-1'] != after['registers-1'], 'the register maps did not follow the layer slider'
+    # a head: the CLS maps show it; the norm maps and the register maps (mean of heads in the page) stay
+    head = moved(lambda: page.select_option('#head', '1'))
+    assert head['cls-1'] != after['cls-1'] and head['overlay-1'] == after['overlay-1'] and head['registers-1'] == after['registers-1']
+    assert page.locator('#cls-1 .map-title').inner_text().endswith('head 1')
+    # one colour scale: the runs side by side share the norm range
+    ranges = lambda: [page.get_attribute(f'#overlay-{i}', 'data-range') for i in range(3)]
+    assert len(set(ranges())) > 1                                                # each run its own scale ...
+    moved(lambda: page.check('#same'))
+    assert len(set(ranges())) == 1, ranges()                                     # ... or one for all
+    # the register run's details: the register maps and the per-head grid move with the layer slider
+    chosen = moved(lambda: page.select_option('#run', '1'))
+    page.focus('#layer')
+    layer = moved(lambda: page.keyboard.press('Home'))
+    assert page.locator('#layer-value').inner_text() == '0'
+    assert layer['registers-1'] != chosen['registers-1'], 'the register maps did not follow the layer slider'
+    assert layer['heads-1'] != chosen['heads-1'], 'the per-head grid did not follow the layer slider'
+    assert 'block 0' in page.locator('#heads-1 .map-title').inner_text()
     assert page.locator('.run-details[data-run="1"]').is_visible() and not page.locator('.run-details[data-run="0"]').is_visible()
     shot = tmp_path / 'report.png'
     page.screenshot(path=str(shot), full_page=True)
@@ -90,20 +112,26 @@ def test_report_slider_moves_the_views(browser, tmp_path):
 
 
 def test_report_of_a_model_without_cls_token(browser, tmp_path):
-    "A ViT without CLS token (and without any prefix token): the page has no CLS maps to move, and moves the rest."
+    """A ViT without CLS token, with one register and its weights kept: no CLS maps, the rest moves, and the weight
+    views follow the epoch slider to the epoch of the weights at or before it."""
     from test_report import no_cls_run
     from vitartifacts.report import write_report
-    out = write_report([no_cls_run(tmp_path / 'no-cls', 0, weights=False)], tmp_path / 'report.html', detectors=('sigma',))
+    out = write_report([no_cls_run(tmp_path / 'no-cls', 1, weights=True)], tmp_path / 'report.html', detectors=('sigma',))
     page = browser.new_page(viewport={'width': 1400, 'height': 1000})
     errors = watch(page)
     page.goto(out.as_uri())
     page.wait_for_function('Number(document.body.dataset.updates) >= 1', timeout=60_000)
+    assert page.locator('#cls-0').count() == 0 and 'no CLS token' in page.locator('.row').first.inner_text()
+    overlay = lambda: page.get_attribute('#overlay-0', 'data-drawn')
+    title = lambda: page.evaluate("() => document.getElementById('posemb-0').layout.title.text")
+    before, t1 = overlay(), title()
+    assert t1.endswith('epoch 1')
     n = int(page.evaluate('document.body.dataset.updates'))
-    overlay = lambda: page.evaluate("() => JSON.stringify(document.getElementById('overlay-0').data[1].z)")
-    before = overlay()
-    page.focus('#layer'); page.keyboard.press('Home')
+    page.select_option('#image', '1')          # (timm's init, LayerScale 1e-5, leaves the tokens alike at every layer)
     page.wait_for_function(f'Number(document.body.dataset.updates) > {n}', timeout=30_000)
-    assert overlay() != before, 'the norm map did not follow the layer slider'
+    assert overlay() != before, 'the norm map did not follow the image'
+    page.focus('#epoch'); page.keyboard.press('Home')
+    page.wait_for_function("document.getElementById('posemb-0').layout.title.text.endsWith('epoch 0')", timeout=30_000)
     assert errors == [], errors
     page.close()
 

@@ -14,7 +14,7 @@ import pytest
 
 from vitartifacts.testing import fabricate_run
 from vitartifacts.views import RunView
-from vitartifacts.report import write_report, report_epochs
+from vitartifacts.report import write_report, report_epochs, image_bytes, _b64_len
 
 LIMIT = 20_000_000   # bytes: "at most about 20 MB for three ViT-S runs with default settings"
 
@@ -31,26 +31,34 @@ def payload(page: str) -> dict:
 
 
 def test_three_vits_runs_fit_in_20_mb(vits_runs, tmp_path):
-    out = write_report(vits_runs, tmp_path / 'report.html', detectors=('sigma', 'cutoff'))
+    "The page keeps as many shared probe images as fit in 20 MB, and no more; the maps are what the explorer shows."
+    # what the third detector would add: the same arrays as mean + 3 sigma's (41 kept epochs, 81 for the ratios, 13 layers), per run
+    third = 3 * (_b64_len(41 * 13 * 4) + _b64_len(81 * 13 * 4) + 64)
+    out = write_report(vits_runs, tmp_path / 'report.html', detectors=('sigma', 'cutoff'), max_mb=(LIMIT - third) / 1e6)
     page = out.read_text()
     data = payload(page)
-    # what the third detector would add: the same arrays as mean + 3 sigma's, per run
-    third = sum(len(json.dumps(r['thresholds']['sigma'])) + len(json.dumps(r['ratios']['sigma'])) + 64 for r in data['runs'])
     size = out.stat().st_size
-    print(f'report of three ViT-S runs: {size / 1e6:.2f} MB (+{third / 1e6:.3f} MB with the bimodal detector)')
+    k = len(data['images'])
+    print(f'report of three ViT-S runs: {size / 1e6:.2f} MB (+{third / 1e6:.3f} MB with the bimodal detector), {k} of 64 images')
     assert size + third <= LIMIT, f'{(size + third) / 1e6:.1f} MB'
-    # it holds what the defaults promise: 41 of 81 epochs, 2 images, float32 maps of every layer
+    per_image = sum(image_bytes(RunView(r, detectors=('sigma',)), report_epochs(list(range(81)), 41)) for r in vits_runs)
+    assert 2 <= k < 64 and size + third + per_image + len(data['images'][0]) > LIMIT, (k, size)   # one more would not fit
+    # it holds what the defaults promise: 41 of 81 epochs, float32 norms of every layer, every head's CLS and register maps
     reg = data['runs'][1]
-    assert (len(reg['epochs']), len(reg['epochs_all']), reg['image_ids']) == (41, 81, [0, 1])
-    shape = lambda a: a['shape']
-    assert shape(reg['arrays']['norms']) == [41, 13, 2, 196]
-    assert shape(reg['arrays']['registers']) == [41, 12, 2, 4, 196]
-    assert shape(reg['arrays']['cls']) == [41, 12, 2, 196] and shape(reg['arrays']['heads']) == [41, 6, 2, 196]
-    # float32 values, equal to what the explorer shows
+    assert (len(reg['epochs']), len(reg['epochs_all'])) == (41, 81)
+    assert reg['arrays']['norms']['shape'] == [41, 13, k, 196]
+    assert reg['arrays']['cls']['shape'] == [41, 12, k, 6, 196]                    # the CLS token's, per block and head
+    assert reg['arrays']['registers']['shape'] == [41, 12, k, 4, 196]              # the registers', mean of heads
+    # equal to what the explorer shows (norms exactly; attention to a byte per value)
     rv = RunView(vits_runs[1], detectors=('sigma', 'cutoff'))
-    cls = np.frombuffer(base64.b64decode(reg['arrays']['cls']['b64']), '<f4').reshape(41, 12, 2, 196)
     ei = report_epochs(rv.epochs, 41)[20]
-    np.testing.assert_array_equal(cls[20, 11, 1], rv.cls_map(ei, 11, 1).ravel())
+    norms = np.frombuffer(base64.b64decode(reg['arrays']['norms']['b64']), '<f4').reshape(41, 13, k, 196)
+    np.testing.assert_array_equal(norms[20, 7, 1], rv.norms[ei, 7, 1, 5:])
+    q = reg['arrays']['cls']
+    maps = (np.frombuffer(base64.b64decode(q['u8']), np.uint8).reshape(q['shape']) *
+            np.frombuffer(base64.b64decode(q['scale']), '<f4').reshape(q['shape'][:-1])[..., None])
+    cls = rv.cls_map(ei, 11, 1).ravel()
+    np.testing.assert_allclose(maps[20, 11, 1].mean(0), cls, atol=cls.max() / 255)
     assert not list(tmp_path.glob('.report.html*'))           # written atomically: no temporary file left
 
 
@@ -96,4 +104,5 @@ def test_a_model_without_cls_token(tmp_path, n_registers):
     data = payload(out.read_text())['runs'][0]
     assert 'cls' not in data['arrays'] and 'heads' not in data['arrays']
     assert ('registers' in data['arrays']) == bool(n_registers)
-    assert data['static'] == ['training'] + (['posemb', 'pca'] if n_registers else [])   # the layer x epoch view for every run
+    assert list(data['weight_figures']) == (['posemb', 'pca'] if n_registers else [])   # no CLS token: no rollout
+    assert data['weight_epochs'] == ([0, 1] if n_registers else []) and 'training-0' in payload(out.read_text())['static_figures']

@@ -22,9 +22,10 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'ViewState', 'layer_name',
            'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle', 'plotly_bundle',
-           'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'posemb_similarity', 'posemb_figure',
-           'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views',
-           'norm_frames', 'norm_gif', 'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps']
+           'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'outline_xy', 'outlined_patches',
+           'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes',
+           'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes', 'runs_ratio_figure',
+           'training_measures', 'training_maps']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -228,17 +229,35 @@ def _gaps(self: ExploreFigures, z: np.ndarray) -> np.ndarray:
     return json_safe(z) if self.widget else z
 
 
+def outline_xy(idx, w: int, ps: int) -> tuple[list, list]:
+    "The outlines of patches `idx` (flat indices on a grid `w` wide, patches of `ps` pixels) as one line trace's x and y: a square each, None between."
+    x, y = [], []
+    for i in np.asarray(idx, int):
+        r, c = divmod(int(i), w)
+        x += [c * ps, (c + 1) * ps, (c + 1) * ps, c * ps, c * ps, None]
+        y += [r * ps, r * ps, (r + 1) * ps, (r + 1) * ps, r * ps, None]
+    return x, y
+
+
+def outlined_patches(x, y, w: int, ps: int) -> list[int]:
+    "The patches an `outline_xy` trace outlines (its inverse), in its order."
+    corners = [(a, b) for a, b in zip(x, y) if a is not None][::5]
+    return [int(b // ps) * w + int(a // ps) for a, b in corners]
+
 # --- building ------------------------------------------------------------------------------
 @patch
 def _build_overlay(self: ExploreFigures):
+    "The image and its patch-token norm map side by side on the same pixel axes, the outliers outlined on both: the picture stays readable and the map aligns with it."
     run = self.run; h, w = run.grid; ps = run.patch_size
-    fig = go.Figure([go.Image(source=run.image_uri(0) or data_uri(grey_image(h * ps, w * ps)), hoverinfo='skip'),
-                     _map_trace(run, np.zeros(run.grid), NORM_COLORS, opacity=0.55, name='norm',
-                                colorbar=dict(thickness=10, len=0.85, title=dict(text='norm', side='right'))),
-                     go.Scatter(x=[], y=[], mode='markers', name='outliers', hoverinfo='skip',
-                                marker=dict(symbol='x-thin-open', size=9, line=dict(width=2, color='#ff2020')))])
-    _map_axes(fig, run)
-    fig.update_layout(width=360, height=340, margin=_MARGIN, showlegend=False, title=dict(font_size=13))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.03)
+    fig.add_trace(go.Image(source=run.image_uri(0) or data_uri(grey_image(h * ps, w * ps)), hoverinfo='skip'), 1, 1)
+    fig.add_trace(_map_trace(run, np.zeros(run.grid), NORM_COLORS, name='norm',
+                             colorbar=dict(thickness=10, len=0.85, title=dict(text='norm', side='right'))), 1, 2)
+    for col in (1, 2):
+        fig.add_trace(go.Scatter(x=[], y=[], mode='lines', name='outliers', hoverinfo='skip', line=dict(color='#ff2020', width=2)), 1, col)
+        _map_axes(fig, run, row=1, col=col)
+    fig.update_yaxes(scaleanchor='x', row=1, col=1); fig.update_yaxes(scaleanchor='x2', row=1, col=2)
+    fig.update_layout(width=520, height=290, margin=_MARGIN, showlegend=False, title=dict(font_size=13))
     return fig
 
 
@@ -351,9 +370,10 @@ def _update_overlay(self: ExploreFigures, fig, s):
     if uri is not None: fig.data[0].source = uri
     fig.data[1].z = run.norm_map(s.epoch, s.layer, s.image)
     idx = run.outlier_patches(s.epoch, s.layer, s.image, s.detector)
-    w, ps = run.grid[1], run.patch_size
-    fig.data[2].x, fig.data[2].y = (idx % w + 0.5) * ps, (idx // w + 0.5) * ps
-    fig.layout.title.text = f'image {s.image}: norms, ep {run.epochs[s.epoch]}, {layer_name(run, s.layer)} ({len(idx)} {s.detector} outliers)'
+    x, y = outline_xy(idx, run.grid[1], run.patch_size)
+    for t in fig.data[2:4]: t.x, t.y = x, y
+    fig.layout.title.text = (f'image {s.image}: norms, ep {run.epochs[s.epoch]}, {layer_name(run, s.layer)} '
+                             f'({len(idx)} {s.detector} outliers outlined)')
 
 # %% ../nbs/08a_figures.ipynb #2737e80f
 @patch
@@ -551,10 +571,13 @@ def weight_views(run: 'RunView', epoch: int | None = None, images=(0, 1, 2, 3)) 
 
 # %% ../nbs/08a_figures.ipynb #cca3bb5a
 def _lut(colors=None, n: int = 256) -> np.ndarray:
-    "A sequential colour scale (default Viridis) as an [n, 3] uint8 lookup table."
+    "A sequential colour scale (default Viridis; a plotly name, colours, or a plotly colour scale) as an [n, 3] uint8 lookup table."
     import plotly.colors as pc
-    rgb = np.array([pc.hex_to_rgb(c) for c in (colors or pc.sequential.Viridis)], np.float64)
-    t, s = np.linspace(0, 1, len(rgb)), np.linspace(0, 1, n)
+    scale = pc.get_colorscale(colors) if isinstance(colors, str) else colors or pc.sequential.Viridis
+    if not isinstance(scale[0], (list, tuple)): scale = [[i / (len(scale) - 1), c] for i, c in enumerate(scale)]
+    t = np.array([p for p, _ in scale], np.float64)
+    rgb = np.array(pc.convert_colors_to_same_type([c for _, c in scale], 'tuple')[0], np.float64) * 255
+    s = np.linspace(0, 1, n)
     return np.stack([np.interp(s, t, rgb[:, i]) for i in range(3)], 1).round().astype(np.uint8)
 
 # %% ../nbs/08a_figures.ipynb #656e1fb9
@@ -604,7 +627,8 @@ def runs_ratio_figure(runs: list) -> go.Figure:
                                 name=f'{r.name} ({r.variant})') for r in runs]
                     + [go.Scatter(x=[], y=[], mode='lines', line=dict(color='black', width=1), showlegend=False,
                                   hoverinfo='skip')])
-    fig.update_xaxes(title_text='epoch'); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
+    fig.update_xaxes(title_text='epoch', **epoch_ticks([e for r in runs for e in r.epochs]))
+    fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
     fig.update_layout(width=760, height=320, margin=dict(l=50, r=10, t=40, b=40))
     return fig
 

@@ -11,12 +11,17 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.beit import Beit, Attention as BeitAttention
 from timm.models.cait import Cait, ClassAttn, TalkingHeadAttn
+from timm.models.crossvit import CrossVit, CrossAttentionBlock, MultiScaleBlock
 from timm.models.eva import Eva, EvaAttention
+from timm.models.pvt_v2 import PyramidVisionTransformerV2, Attention as PvtAttention
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
 from timm.layers import AttentionRope
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'TokenLayout', 'UnsupportedModel', 'ViTAdapter', 'SlowPathAdapter', 'EvaAdapter', 'BeitAdapter',
-           'CaitAdapter', 'model_adapter', 'token_layout', 'MassiveActivations', 'ProbeResult', 'probe']
+           'CaitAdapter', 'StagedAdapter', 'StageAdapter', 'SwinStage', 'SwinAdapter', 'PvtStage', 'PvtAdapter',
+           'CrossVitBranch', 'CrossVitAdapter', 'model_adapter', 'token_layout', 'stage_layouts', 'MassiveActivations',
+           'ProbeResult', 'probe', 'probe_stages']
 
 # %% ../nbs/02_probe.ipynb #9a9f3ea1
 @dataclass
@@ -99,6 +104,7 @@ class ViTAdapter:
     def final_norm(self) -> nn.Module: return self.model.norm
     def layout(self, img_hw: tuple[int, int]) -> TokenLayout: return _prefix_layout(self.model, img_hw)
     def block_tokens(self, i: int, out: torch.Tensor) -> torch.Tensor: return out   # block i's output as [B, T, C] in layout order
+    def final_tokens(self, out: torch.Tensor) -> torch.Tensor: return out          # the final norm's output, likewise
     def unfused(self) -> list[nn.Module]: return []       # attention modules whose fused kernel is off for the probe pass
 
     def check(self):
@@ -177,24 +183,222 @@ class CaitAdapter(ViTAdapter):
         return ([blk.attn.proj_w.register_forward_pre_hook(self_attn(i)) for i, blk in enumerate(self.model.blocks)]
                 + [blk.attn.attn_drop.register_forward_hook(class_attn(d + j)) for j, blk in enumerate(self.model.blocks_token_only or [])])
 
+# %% ../nbs/02_probe.ipynb #3ec12654
+class StagedAdapter:
+    "A family that runs several token sequences, each on its own grid (stages, branches): one adapter per sequence, by name."
+    def __init__(self, model: nn.Module): self.model = model
+    def stages(self) -> dict[str, ViTAdapter]: raise NotImplementedError
+    def check(self):
+        for stage in self.stages().values(): stage.check()
+
+
+class StageAdapter(ViTAdapter):
+    "One stage `s` of a staged family: an adapter of its own, as ViTAdapter is of a whole ViT."
+    def __init__(self, model: nn.Module, s: int): self.model, self.s = model, s
+
+# %% ../nbs/02_probe.ipynb #18a366b1
+def _window_positions(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    "[nW, N]: the grid index (row-major) of each token of each window timm's Swin block attends in, its cyclic shift undone."
+    (h, w), (wh, ww) = grid, window
+    rows, cols = (torch.arange(h) + shift[0]) % h, (torch.arange(w) + shift[1]) % w   # torch.roll by -shift: place r holds r + shift
+    where = rows[:, None] * w + cols[None, :]                                          # h, w
+    return where.view(h // wh, wh, w // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)   # window_partition's order
+
+# %% ../nbs/02_probe.ipynb #98bc8fec
+class SwinStage(StageAdapter):
+    "Stage `s` of timm's SwinTransformer: its blocks on its grid, no prefix tokens, attention inside each (shifted) window."
+    def blocks(self) -> list[nn.Module]: return list(self.model.layers[self.s].blocks)
+    def final_norm(self) -> nn.Module | None: return self.model.norm if self.s == len(self.model.layers) - 1 else None
+    def block_tokens(self, i, out): return out.flatten(1, 2)     # B, H, W, C -> B, T, C
+    def final_tokens(self, out): return out.flatten(1, 2)
+    def unfused(self) -> list[nn.Module]: return [blk.attn for blk in self.blocks()]
+
+    def layout(self, img_hw) -> TokenLayout:
+        (ph, pw), (h, w) = self.model.patch_embed.patch_size, img_hw
+        h, w = h // ph, w // pw
+        for stage in self.model.layers[:self.s + 1]:
+            if not isinstance(stage.downsample, nn.Identity): h, w = (h + 1) // 2, (w + 1) // 2   # PatchMerging pads odd grids
+        return TokenLayout(h * w, None, [], (h, w))
+
+    def check(self):
+        for i, blk in enumerate(self.blocks()):
+            if not isinstance(getattr(blk, 'attn', None), WindowAttention):
+                raise UnsupportedModel(f"block {i} of stage {self.s} of this SwinTransformer has {type(getattr(blk, 'attn', None)).__name__} "
+                                       "attention, not WindowAttention; probe cannot read it.")
+            (h, w), (wh, ww) = blk.input_resolution, blk.window_size
+            if h % wh or w % ww:
+                raise UnsupportedModel(f"stage {self.s} of this SwinTransformer has a {h}x{w} grid that its {wh}x{ww} windows do not tile "
+                                       "(timm pads it, and the padding takes attention); pick an img_size whose stage grids are multiples of the window.")
+
+    def attention_hooks(self, keep) -> list:
+        def hook(i, blk):
+            where = _window_positions(blk.input_resolution, blk.window_size, blk.shift_size)   # nW, N
+            def windows(mod, inp, out):
+                nW, N = where.shape
+                p = inp[0].float().view(-1, nW, inp[0].shape[1], N, N).transpose(1, 2)       # B, H, nW, N, N
+                B, H, T, idx = *p.shape[:2], where.numel(), where.to(p.device)
+                received = p.new_zeros(B, H, T)
+                received[:, :, idx.flatten()] = p.sum(3).flatten(2) / T    # each token is a key in its own window only
+                def full():
+                    a = p.new_zeros(B, H, T, T)
+                    a[:, :, idx[:, :, None], idx[:, None, :]] = p            # B, H, T, T: zero outside the window
+                    return a
+                keep(i, full=full, prefix=p.new_zeros(B, H, 0, T), received=received)
+            return windows
+        return [blk.attn.attn_drop.register_forward_hook(hook(i, blk)) for i, blk in enumerate(self.blocks())]
+
+
+class SwinAdapter(StagedAdapter):
+    "timm's SwinTransformer: one sequence per stage, 'stage0', 'stage1', ..."
+    def stages(self) -> dict[str, SwinStage]: return {f'stage{s}': SwinStage(self.model, s) for s in range(len(self.model.layers))}
+
+# %% ../nbs/02_probe.ipynb #c0cbe50f
+def _cells(n_out: int, n_in: int, stride: int | None = None) -> torch.Tensor:
+    "[n_out, n_in]: equal shares of each input a reducing op averages into each output (stride: a strided conv's blocks; None: adaptive pooling's cells)."
+    m = torch.zeros(n_out, n_in)
+    for c in range(n_out):
+        lo, hi = (c * stride, (c + 1) * stride) if stride else (c * n_in // n_out, -(-(c + 1) * n_in // n_out))
+        m[c, lo:hi] = 1 / (hi - lo)
+    return m
+
+
+def _key_spread(attn: nn.Module, grid: tuple[int, int]) -> torch.Tensor | None:
+    "[S, T]: each reduced key of a PVT-v2 attention as equal shares of the T patches it summarises; None when the keys are the patches."
+    (h, w) = grid
+    if attn.pool is not None:                              # linear: adaptive average pool (7x7), then a 1x1 conv
+        oh, ow = (attn.pool.output_size,) * 2 if isinstance(attn.pool.output_size, int) else attn.pool.output_size
+        return torch.kron(_cells(oh, h), _cells(ow, w))
+    if attn.sr is None: return None
+    r = attn.sr.stride[0]                                  # a conv with kernel = stride = sr_ratio, no padding
+    return torch.kron(_cells(h // r, h, r), _cells(w // r, w, r))
+
+# %% ../nbs/02_probe.ipynb #a34b981a
+class PvtStage(StageAdapter):
+    "Stage `s` of timm's PyramidVisionTransformerV2: its blocks on its grid and its own norm, keys on the reduced grid spread back onto the patches."
+    def blocks(self) -> list[nn.Module]: return list(self.model.stages[self.s].blocks)
+    def final_norm(self) -> nn.Module: return self.model.stages[self.s].norm
+    def unfused(self) -> list[nn.Module]: return [blk.attn for blk in self.blocks()]
+
+    def layout(self, img_hw) -> TokenLayout:
+        hw = img_hw
+        for conv in [self.model.patch_embed.proj] + [st.downsample.proj for st in self.model.stages[1:self.s + 1]]:
+            hw = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(hw, conv.padding, conv.kernel_size, conv.stride)]
+        return TokenLayout(hw[0] * hw[1], None, [], tuple(hw))
+
+    def check(self):
+        for i, blk in enumerate(self.blocks()):
+            if not isinstance(getattr(blk, 'attn', None), PvtAttention):
+                raise UnsupportedModel(f"block {i} of stage {self.s} of this PyramidVisionTransformerV2 has "
+                                       f"{type(getattr(blk, 'attn', None)).__name__} attention, not timm's pvt_v2 Attention; probe cannot read it.")
+
+    def attention_hooks(self, keep) -> list:
+        grid = {}
+        def reduced(i, attn):
+            def probs(mod, inp, out):
+                p, spread = inp[0].float(), _key_spread(attn, grid['hw'])          # B, H, T, S and S, T
+                if spread is None: return keep(i, p)
+                spread = spread.to(p.device)
+                keep(i, full=lambda: p @ spread, prefix=p.new_zeros(*p.shape[:2], 0, spread.shape[1]), received=p.mean(2) @ spread)
+            return probs
+        return ([blk.attn.register_forward_pre_hook(lambda mod, args: grid.update(hw=tuple(args[1]))) for blk in self.blocks()]
+                + [blk.attn.attn_drop.register_forward_hook(reduced(i, blk.attn)) for i, blk in enumerate(self.blocks())])
+
+
+class PvtAdapter(StagedAdapter):
+    "timm's PyramidVisionTransformerV2: one sequence per stage, 'stage0', 'stage1', ..."
+    def stages(self) -> dict[str, PvtStage]: return {f'stage{s}': PvtStage(self.model, s) for s in range(len(self.model.stages))}
+
+# %% ../nbs/02_probe.ipynb #9e691f08
+class CrossVitBranch(StageAdapter):
+    "Branch `s` of timm's CrossVit: [CLS, patches] of one patch size; per multi-scale block its own blocks, then the fusion."
+    late_cls = True             # the fusion's patch rows are NaN: only the CLS token queries there
+
+    def own_blocks(self) -> list[nn.Module]: return [blk for msb in self.model.blocks for blk in msb.blocks[self.s]]
+    def blocks(self) -> list[nn.Module]: return [m for msb in self.model.blocks for m in (*msb.blocks[self.s], msb)]
+    def final_norm(self) -> nn.Module: return self.model.norm[self.s]
+    def block_tokens(self, i, out): return out[self.s] if isinstance(out, list) else out   # a multi-scale block returns every branch
+    def fusion(self, msb) -> nn.Module:
+        f = msb.fusion[self.s]
+        return f[0] if isinstance(f, nn.Sequential) and len(f) == 1 else f
+
+    def layout(self, img_hw=None) -> TokenLayout:
+        pe = self.model.patch_embed[self.s]                   # the branch sees the image scaled to its own img_size
+        grid = (pe.img_size[0] // pe.patch_size[0], pe.img_size[1] // pe.patch_size[1])
+        return TokenLayout(1 + grid[0] * grid[1], 0, [], grid, ['other_branch'])
+
+    def check(self):
+        for k, msb in enumerate(self.model.blocks):
+            if len(msb.blocks or ()) != msb.num_branches or not isinstance(self.fusion(msb), CrossAttentionBlock):
+                raise UnsupportedModel(f"multi-scale block {k} of this CrossVit has a branch without blocks of its own or a fusion of "
+                                       "several cross-attention blocks; probe reads one fusion per branch, after blocks of its own.")
+            if self.fusion(msb).attn.num_heads != msb.blocks[self.s][0].attn.num_heads:
+                raise UnsupportedModel(f"the fusion of branch {self.s} of this CrossVit has {self.fusion(msb).attn.num_heads} heads and the "
+                                       f"branch's blocks {msb.blocks[self.s][0].attn.num_heads}; probe keeps one head count per sequence.")
+        for i, blk in enumerate(self.own_blocks()):
+            if not isinstance(getattr(getattr(blk, 'attn', None), 'qkv', None), nn.Linear):
+                raise UnsupportedModel(f"block {i} of branch {self.s} of this CrossVit has no timm-style attention with a fused qkv projection; "
+                                       "probe cannot recompute its attention.")
+
+    def attention_hooks(self, keep) -> list:
+        T = self.layout().n_tokens
+        def own(i, attn):               # the branch's own block: recomputed from its qkv; nothing goes to the other branch
+            return lambda mod, inp, out: keep(i, nn.functional.pad(_attention_from_qkv(attn, out), (0, 1)))
+        def fusion(i):                  # attn_drop's input: the CLS row over [own CLS, the other branch's patches], B, H, 1, 1+N'
+            def hook(mod, inp, out):
+                p = inp[0].float()
+                B, H = p.shape[:2]
+                cls = torch.cat([p[..., :1], p.new_zeros(B, H, 1, T - 1), p[..., 1:].sum(-1, keepdim=True)], -1)   # B, H, 1, T+1
+                keep(i, torch.cat([cls, p.new_full((B, H, T - 1, T + 1), float('nan'))], 2))                      # B, H, T, T+1
+            return hook
+        return [self.fusion(m).attn.attn_drop.register_forward_hook(fusion(i)) if isinstance(m, MultiScaleBlock)
+                else m.attn.qkv.register_forward_hook(own(i, m.attn)) for i, m in enumerate(self.blocks())]
+
+# %% ../nbs/02_probe.ipynb #5cc0d0b7
+class CrossVitAdapter(StagedAdapter):
+    "timm's CrossVit: one sequence per branch, named after its patch size ('patch12', 'patch16'; 'branch0', ... when they tie)."
+    def stages(self) -> dict[str, CrossVitBranch]:
+        sizes = [pe.patch_size[0] for pe in self.model.patch_embed]
+        names = [f'patch{p}' for p in sizes] if len(set(sizes)) == len(sizes) else [f'branch{b}' for b in range(len(sizes))]
+        return {name: CrossVitBranch(self.model, b) for b, name in enumerate(names)}
+
+# %% ../nbs/02_probe.ipynb #4e098df3
+def _one_sequence(adapter):
+    "`adapter`, when its model runs one token sequence; else one sentence pointing to `probe_stages`."
+    if isinstance(adapter, StagedAdapter):
+        raise UnsupportedModel(f"this {type(adapter.model).__name__} runs {len(adapter.stages())} token sequences, each on its own grid "
+                               f"({', '.join(adapter.stages())}); probe_stages(model, images) measures each.")
+    return adapter
+
+
+def _staged(adapter):
+    "`adapter`, when its model runs several token sequences; else one sentence pointing to `probe`."
+    if not isinstance(adapter, StagedAdapter):
+        raise UnsupportedModel(f"this {type(adapter.model).__name__} runs one token sequence; probe(model, images) measures it.")
+    return adapter
+
 # %% ../nbs/02_probe.ipynb #f82d7814
-ADAPTERS = ((VisionTransformer, ViTAdapter), (Eva, EvaAdapter), (Beit, BeitAdapter), (Cait, CaitAdapter))   # the families probe reads
+ADAPTERS = ((VisionTransformer, ViTAdapter), (Eva, EvaAdapter), (Beit, BeitAdapter), (Cait, CaitAdapter),   # the families probe reads
+            (SwinTransformer, SwinAdapter), (PyramidVisionTransformerV2, PvtAdapter), (CrossVit, CrossVitAdapter))
 
 
-def model_adapter(model: nn.Module) -> ViTAdapter:
+def model_adapter(model: nn.Module) -> ViTAdapter | StagedAdapter:
     "The adapter of `model`'s family, its attention checked; one sentence naming the family when probe cannot read it."
     for family, adapter in ADAPTERS:
         if isinstance(model, family):
             a = adapter(model); a.check()
             return a
     raise UnsupportedModel(f"probe reads timm's ViT families ({', '.join(f.__name__ for f, _ in ADAPTERS)}, and what subclasses them), "
-                           f"and {type(model).__name__} is not one of them; hierarchical and multi-branch models (Swin, PVT-v2, "
-                           "CrossViT) are not supported yet.")
+                           f"and {type(model).__name__} is not one of them.")
 
 
 def token_layout(model: nn.Module, img_hw: tuple[int, int]) -> TokenLayout:
-    "The token layout of `model` for images of height and width `img_hw`."
-    return model_adapter(model).layout(img_hw)
+    "The token layout of `model` for images of height and width `img_hw` (a staged model: `stage_layouts`)."
+    return _one_sequence(model_adapter(model)).layout(img_hw)
+
+
+def stage_layouts(model: nn.Module, img_hw: tuple[int, int]) -> dict[str, TokenLayout]:
+    "The token layout of each stage (or branch) of a staged `model`, by name."
+    return {name: s.layout(img_hw) for name, s in _staged(model_adapter(model)).stages().items()}
 
 # %% ../nbs/02_probe.ipynb #f048c6f9
 @dataclass
@@ -239,52 +443,93 @@ def _massive(hidden: list[torch.Tensor], k: int = 3) -> MassiveActivations:
     return MassiveActivations(torch.stack(vals), torch.stack(dims), torch.stack(toks), torch.stack(meds))
 
 # %% ../nbs/02_probe.ipynb #e99c9dba
+class _Recorder:
+    "The hooks of one token sequence in a probe pass, and what they record: each block's tokens and attention, the final norm's output."
+    def __init__(self, adapter: ViTAdapter, img_hw: tuple[int, int], attention: bool | str, features: set[int]):
+        self.adapter, self.attention, self.features, self.layout = adapter, attention, features, adapter.layout(img_hw)
+        self.hidden, self.attns, self.final = [None] * len(adapter.blocks()), [None] * len(adapter.blocks()), {}
+
+    def keep_attn(self, i: int, a=None, full=None, prefix=None, received=None):
+        """Block i's attention: probabilities a [B, H, T, S]; or, from a family that makes the [T, S] maps only when asked
+        (Swin's windows), `full()` making them, with the prefix rows [B, H, P, S] and the received attention [B, H, S]."""
+        if a is not None:
+            prefix, received = a[:, :, :self.layout.n_prefix], a.nanmean(dim=2) if self.adapter.late_cls else a.mean(dim=2)   # over the queries present
+        elif self.attention is True: a = full()
+        self.attns[i] = (a if self.attention is True else None, prefix, received)
+
+    def hooks(self) -> list:
+        a = self.adapter
+        def keep_block(i):
+            def hook(mod, inp, out): self.hidden[i] = a.block_tokens(i, out)
+            return hook
+        handles = [blk.register_forward_hook(keep_block(i)) for i, blk in enumerate(a.blocks())]
+        if self.attention: handles += a.attention_hooks(self.keep_attn)
+        def keep_final(mod, inp, out): self.final.setdefault('x', a.final_tokens(out))   # the first call: the norm's output
+        if a.final_norm() is not None: handles.append(a.final_norm().register_forward_hook(keep_final))
+        return handles
+
+# %% ../nbs/02_probe.ipynb #0cd32060
+def _result(self: _Recorder, logits: torch.Tensor, massive_k: int) -> ProbeResult:
+    "What the hooks recorded, as a ProbeResult on the CPU in float32."
+    tokens = self.hidden + [self.final.get('x', self.hidden[-1])]   # depth+1 x [B, T, C]; no norm of its own: the last block's output
+    cpu = lambda t: t.float().cpu()
+    m = _massive(self.hidden, massive_k)
+    res = ProbeResult(
+        norms=cpu(torch.stack([t.float().norm(dim=-1) for t in tokens])),   # depth+1, B, T
+        layout=self.layout, logits=cpu(logits), features={i: cpu(tokens[i]) for i in sorted(self.features)},
+        massive=MassiveActivations(*(cpu(t) if t.is_floating_point() else t.cpu() for t in (m.values, m.dims, m.tokens, m.median))))
+    if self.attention:
+        if self.attention is True: res.attn = cpu(torch.stack([a[0] for a in self.attns]))   # depth, B, H, T, S
+        res.attn_prefix = cpu(torch.stack([a[1] for a in self.attns]))                       # depth, B, H, P, S
+        res.attn_received = cpu(torch.stack([a[2] for a in self.attns]))                     # depth, B, H, S
+    return res
+
+_Recorder.result = _result
+
+
+def _probe_pass(model: nn.Module, recorders: list[_Recorder], images: torch.Tensor) -> torch.Tensor:
+    "One forward pass of `model` in eval mode with every recorder's hooks, fused attention off where they read it: the logits."
+    handles, fused, was_training = [], {}, model.training
+    try:
+        for r in recorders:
+            handles += r.hooks()
+            for m in (r.adapter.unfused() if r.attention else []): fused.setdefault(m, m.fused_attn); m.fused_attn = False
+        model.eval()
+        device = next(model.parameters()).device
+        return model(images.to(device))
+    finally:                                                # hooks, flags and mode restored, whatever happened
+        for h in handles: h.remove()
+        for m, flag in fused.items(): m.fused_attn = flag
+        model.train(was_training)
+
+# %% ../nbs/02_probe.ipynb #b6bee5f4
 @torch.no_grad()
 def probe(
-    model: nn.Module,            # a timm ViT of a family in ADAPTERS (ours or plain timm)
+    model: nn.Module,            # a timm ViT of a family in ADAPTERS (ours or plain timm) that runs one token sequence
     images: torch.Tensor,        # [B, 3, H, W] normalized images
     attention: bool | str = True,  # True: full maps; 'summary': only prefix rows and received; False: none
     features: list[int] | None = None,  # layers whose raw tokens to keep (0..depth-1: blocks, depth: final norm)
     massive_k: int = 3,          # how many of the largest activations to keep per layer
 ) -> ProbeResult:
     "One no-grad forward pass over `images`, measuring token norms, attention and massive activations."
-    adapter = model_adapter(model)
+    adapter = _one_sequence(model_adapter(model))
     if images.ndim != 4: raise ValueError(f"images must be a [B, 3, H, W] batch, got shape {tuple(images.shape)}.")
-    blocks, features = adapter.blocks(), set(features or [])
-    depth, layout = len(blocks), adapter.layout(images.shape[-2:])
-    hidden, attns, final, n_prefix = [None] * depth, [None] * depth, {}, layout.n_prefix
-    def keep_block(i):
-        def hook(mod, inp, out): hidden[i] = adapter.block_tokens(i, out)
-        return hook
-    def keep_attn(i, a):                                    # B, H, T, S
-        received = a.nanmean(dim=2) if adapter.late_cls else a.mean(dim=2)   # over the queries present
-        attns[i] = (a if attention is True else None, a[:, :, :n_prefix], received)
+    rec = _Recorder(adapter, images.shape[-2:], attention, set(features or []))
+    return rec.result(_probe_pass(model, [rec], images), massive_k)
 
-    handles, fused, was_training = [], {}, model.training
-    try:
-        for i, blk in enumerate(blocks): handles.append(blk.register_forward_hook(keep_block(i)))
-        if attention:
-            handles += adapter.attention_hooks(keep_attn)
-            for m in adapter.unfused(): fused[m], m.fused_attn = m.fused_attn, False
-        handles.append(adapter.final_norm().register_forward_hook(lambda m, i, o: final.setdefault('x', o)))
-        model.eval()
-        device = next(model.parameters()).device
-        logits = model(images.to(device))
-    finally:
-        for h in handles: h.remove()
-        for m, flag in fused.items(): m.fused_attn = flag
-        model.train(was_training)
-
-    tokens = hidden + [final['x']]                          # depth+1 x [B, T, C]
-    cpu = lambda t: t.float().cpu()
-    res = ProbeResult(
-        norms=cpu(torch.stack([t.float().norm(dim=-1) for t in tokens])),   # depth+1, B, T
-        layout=layout, massive=_massive(hidden, massive_k), logits=cpu(logits),
-        features={i: cpu(tokens[i]) for i in sorted(features)})
-    res.massive = MassiveActivations(*(cpu(t) if t.is_floating_point() else t.cpu() for t in
-                                       (res.massive.values, res.massive.dims, res.massive.tokens, res.massive.median)))
-    if attention:
-        if attention is True: res.attn = cpu(torch.stack([a[0] for a in attns]))   # depth, B, H, T, T
-        res.attn_prefix = cpu(torch.stack([a[1] for a in attns]))                   # depth, B, H, P, T
-        res.attn_received = cpu(torch.stack([a[2] for a in attns]))                 # depth, B, H, T
-    return res
+# %% ../nbs/02_probe.ipynb #e2ad3d7e
+@torch.no_grad()
+def probe_stages(
+    model: nn.Module,            # a timm model of a staged family in ADAPTERS: SwinTransformer, PyramidVisionTransformerV2, CrossVit
+    images: torch.Tensor,        # [B, 3, H, W] normalized images
+    attention: bool | str = True,  # as for `probe`
+    features: list[int] | None = None,  # layers whose raw tokens to keep, in every stage that has them
+    massive_k: int = 3,          # how many of the largest activations to keep per layer
+) -> dict[str, ProbeResult]:
+    "One no-grad forward pass over `images` measuring every stage (or branch) as `probe` measures a ViT: a ProbeResult per name."
+    adapter = _staged(model_adapter(model))
+    if images.ndim != 4: raise ValueError(f"images must be a [B, 3, H, W] batch, got shape {tuple(images.shape)}.")
+    recs = {name: _Recorder(stage, images.shape[-2:], attention, {f for f in features or [] if f <= len(stage.blocks())})
+            for name, stage in adapter.stages().items()}
+    logits = _probe_pass(model, list(recs.values()), images)
+    return {name: r.result(logits, massive_k) for name, r in recs.items()}

@@ -14,13 +14,14 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from . import data
 from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8, walk_files
 from .models import build_probe_model
-from .probe import ProbeResult, MassiveActivations, model_adapter, probe
+from .probe import ProbeResult, MassiveActivations, StagedAdapter, model_adapter, probe, probe_stages
 from .runs import RunLocked, lock_holder
 from .store import ProbeStore
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'MAX_IMG_SIZE', 'PROBE_SETS', 'model_normalization', 'read_image_folder', 'named_probe_set',
-           'probe_in_batches', 'pretrained_model', 'probe_command']
+           'join_results', 'probe_in_batches', 'probe_stages_in_batches', 'pretrained_model', 'model_img_size',
+           'ProbeStores', 'probe_command']
 
 # %% ../nbs/06a_probing.ipynb #c6a0b006
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm')
@@ -72,9 +73,8 @@ def named_probe_set(name: str, img_size: int, n_images: int = 64, mean=None, std
     raise ValueError(f"images={name!r} is neither a folder nor a probe set; pass a folder of images or one of {', '.join(PROBE_SETS)}.")
 
 # %% ../nbs/06a_probing.ipynb #c6a0b014
-def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> ProbeResult:
-    "One probe pass in batches, concatenated (massive activations: top over batches, median of the batch medians)."
-    parts = [probe(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)]
+def join_results(parts: list[ProbeResult]) -> ProbeResult:
+    "Probe results of consecutive batches as one (massive activations: top over batches, median of the batch medians)."
     if len(parts) == 1: return parts[0]
     vals = torch.cat([p.massive.values for p in parts], 1); top = vals.argsort(1, descending=True)[:, :parts[0].massive.values.shape[1]]
     pick = lambda name: torch.cat([getattr(p.massive, name) for p in parts], 1).gather(1, top)
@@ -84,6 +84,17 @@ def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> ProbeResul
     cat = lambda name, dim: torch.cat([getattr(p, name) for p in parts], dim)
     return ProbeResult(norms=cat('norms', 1), layout=parts[0].layout, massive=massive, logits=cat('logits', 0),
                        attn_prefix=cat('attn_prefix', 1), attn_received=cat('attn_received', 1))
+
+
+def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> ProbeResult:
+    "One probe pass (attention summary) in batches of `batch_size`, joined."
+    return join_results([probe(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)])
+
+
+def probe_stages_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> dict[str, ProbeResult]:
+    "`probe_stages` (attention summary) in batches of `batch_size`, each stage's joined."
+    parts = [probe_stages(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)]
+    return {name: join_results([p[name] for p in parts]) for name in parts[0]}
 
 # %% ../nbs/06a_probing.ipynb #5e130002
 def pretrained_model(name: str):
@@ -105,11 +116,52 @@ def pretrained_model(name: str):
                 num_classes=int(net.num_classes))
     return net.eval(), data_cfg, info
 
+# %% ../nbs/06a_probing.ipynb #c6a0b117
+def model_img_size(net) -> int:
+    "The image size a timm model was built for: its patch embedding's, its own, else its pretrained config's."
+    size = getattr(getattr(net, 'patch_embed', None), 'img_size', None) or getattr(net, 'img_size', None)
+    size = size or (getattr(net, 'pretrained_cfg', None) or {}).get('input_size', (None,))[-1]
+    if size is None: raise ValueError(f"the image size of this {type(net).__name__} is not known; pass img_size (--img_size).")
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+class ProbeStores(dict):
+    "The probe stores of a staged model, one run folder per stage or branch, by name; printed as where they are."
+    def __str__(self): return ', '.join(f'{name}: {store.root}' for name, store in self.items())
+
+
+def _writable_stores(out: Path | str, names: list[str | None], epoch: int, attn_dtype: str) -> dict:
+    "A ProbeStore per name (None: `out` itself; a name: out/name), checked: no other process holds the folders, none holds `epoch`."
+    stores = {name: ProbeStore(Path(out) / name if name else out, attn_dtype=attn_dtype) for name in names}
+    for run_dir in dict.fromkeys([Path(out)] + [s.run_dir for s in stores.values()]):
+        holder = lock_holder(run_dir)
+        if holder: raise RunLocked(f"Run folder {run_dir} is in use by {holder}; probe into another --out, or once that run has ended.")
+    for store in stores.values():
+        if (store.root / 'index.json').exists() and epoch in store.epochs:
+            raise FileExistsError(f"{store.root} already holds probe epoch {epoch}; pass another --epoch to add this probe "
+                                  f"to the store (stored: {store.epochs}), or another --out.")
+    return stores
+
+# %% ../nbs/06a_probing.ipynb #c6a0b118
+def _command_model(weights, model, pretrained: bool, img_size: int | None, **model_args):
+    "The model `probe_command` probes, its info, where its weights came from, and its own transform (pretrained, no img_size)."
+    if pretrained:
+        if weights is not None or not model: raise ValueError("pretrained takes a timm model name (--model NAME) and no weights file.")
+        net, data_cfg, info = pretrained_model(model)
+        transform = None
+        if img_size is None:                    # the model's own evaluation transform: size, interpolation, crop, normalisation
+            from timm.data import create_transform
+            transform = create_transform(**data_cfg)
+        return net, info, f"hf-hub:{info['pretrained']}", transform
+    if weights is None: raise ValueError("probe needs a weights file (--weights FILE), or a timm name with --pretrained.")
+    net, info = build_probe_model(weights, model, img_size=img_size, **model_args)
+    return net, info, str(Path(weights).resolve()), None
+
 # %% ../nbs/06a_probing.ipynb #c6a0b017
 def probe_command(
     weights: Path | str | None,     # a weights file: our checkpoint or safetensors, or a timm/DeiT/DINOv2 file (None with `pretrained`)
     images: Path | str,             # a folder of images (class subfolders give labels) or a probe set name from vitartifacts.data
-    out: Path | str,                # the folder to write the probe store into (out/probes)
+    out: Path | str,                # the folder to write the probe store into (out/probes; a staged model: out/STAGE/probes)
     model: str | None = None,       # None: read our variant from the weights; a variant; or a timm model name
     size: str | None = None,        # our size, when it should not be read from the weights
     n_registers: int | None = None, # our register count, likewise
@@ -125,46 +177,36 @@ def probe_command(
     test_time_registers: int = 0,   # extra tokens onto which the register neurons are moved (Jiang et al. 2025); 0: none
     register_neurons: int = 10,     # how many of the top-ranked register neurons to move
     pretrained: bool = False,       # timm's pretrained weights of `model` (through the Hugging Face hub) instead of a file
-) -> ProbeStore:
-    "Probe `images` with the model in `weights` and write the probe store to `out`: `vitartifacts probe`."
+) -> ProbeStore | ProbeStores:
+    "Probe `images` with the model in `weights` and write the probe store to `out` (one per stage of a staged model): `vitartifacts probe`."
     if n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1: the probe needs an image.")
     if test_time_registers < 0 or register_neurons < 1:
         raise ValueError(f"test_time_registers={test_time_registers} must be 0 or more and register_neurons={register_neurons} at least 1.")
     if img_size is not None and not 8 <= img_size <= MAX_IMG_SIZE:
         raise ValueError(f"img_size={img_size} must be from 8 to {MAX_IMG_SIZE} pixels.")
-    transform = None
-    if pretrained:
-        if weights is not None or not model: raise ValueError("pretrained takes a timm model name (--model NAME) and no weights file.")
-        net, data_cfg, info = pretrained_model(model)
-        if img_size is None:                    # the model's own evaluation transform: size, interpolation, crop, normalisation
-            from timm.data import create_transform
-            transform = create_transform(**data_cfg)
-        source = f"hf-hub:{info['pretrained']}"
-    else:
-        if weights is None: raise ValueError("probe needs a weights file (--weights FILE), or a timm name with --pretrained.")
-        net, info = build_probe_model(weights, model, size=size, n_registers=n_registers, img_size=img_size,
-                                      patch_size=patch_size, num_classes=num_classes)
-        source = str(Path(weights).resolve())
-    model_adapter(net)                      # a family the probe cannot read: one sentence, before any image is read
+    net, info, source, transform = _command_model(weights, model, pretrained, img_size, size=size, n_registers=n_registers,
+                                                  patch_size=patch_size, num_classes=num_classes)
+    adapter = model_adapter(net)            # a family the probe cannot read: one sentence, before any image is read
+    staged = isinstance(adapter, StagedAdapter)
+    if staged and test_time_registers:
+        raise ValueError(f"test_time_registers moves register neurons within one token sequence, and this {type(net).__name__} "
+                         "runs one per stage; probe it without test_time_registers.")
     net = net.to(device)
-    size_px = img_size or info.get('img_size') or net.patch_embed.img_size[0]
+    size_px = img_size or info.get('img_size') or model_img_size(net)
     mean, std = model_normalization(net)
     if Path(images).is_dir(): x, labels = read_image_folder(images, size_px, n_images, mean, std, transform=transform)
     elif Path(images).exists(): raise ValueError(f"images={str(images)!r} is a file; pass a folder of images or a probe set name.")
     else: x, labels = named_probe_set(str(images), size_px, n_images, mean, std)
-    store = ProbeStore(out, attn_dtype=attn_dtype)
-    holder = lock_holder(out)
-    if holder: raise RunLocked(f"Run folder {out} is in use by {holder}; probe into another --out, or once that run has ended.")
-    if (store.root / 'index.json').exists() and epoch in store.epochs:
-        raise FileExistsError(f"{store.root} already holds probe epoch {epoch}; pass another --epoch to add this probe "
-                              f"to the store (stored: {store.epochs}), or another --out.")
+    names = list(adapter.stages()) if staged else [None]
+    stores = _writable_stores(out, names, epoch, attn_dtype)
     if test_time_registers:                 # found on the probe images themselves, then moved (the model file is untouched)
         from vitartifacts.ttr import add_test_time_registers, find_register_neurons
         found = find_register_neurons(net, x.to(device), top_k=register_neurons)
         net = add_test_time_registers(net, found, n=test_time_registers)
         info = dict(info, test_time_registers=test_time_registers,
                     register_neurons=[dict(layer=f.layer, neuron=f.neuron, score=f.score) for f in found])
-    result = probe_in_batches(net, x, batch_size)
-    store.append(epoch, result, images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
-                 model_info=dict(weights=source, **info))
-    return store
+    results = probe_stages_in_batches(net, x, batch_size) if staged else {None: probe_in_batches(net, x, batch_size)}
+    for name, store in stores.items():
+        store.append(epoch, results[name], images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
+                     model_info=dict(weights=source, **info, **(dict(stage=name, stages=names) if staged else {})))
+    return ProbeStores(stores) if staged else stores[None]

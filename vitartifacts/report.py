@@ -9,25 +9,44 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.colors as pc
 import plotly.graph_objects as go
 import plotly.io as pio
 
 from .runs import atomic_write
 from .store import decode_attention, shared_probe_images
 from .analysis import compare_runs, attention_maps
-from .views import RunView, DETECTOR_NAMES, prefix_attention, data_uri
-from .figures import (ExploreFigures, ViewState, training_maps, weight_views, rollout_figure, posemb_figure, pca_figure, gif_bytes,
-                                  runs_ratio_figure, grey_image)
+from .views import RunView, DETECTOR_NAMES, data_uri, prefix_attention
+from .figures import (ExploreFigures, ViewState, training_maps, weight_views, rollout_figure, posemb_figure, pca_figure,
+                                  runs_ratio_figure, grey_image, _lut, NORM_COLORS, ATTN_COLORS)
+
+REPORT_LUTS = dict(norm=pc.get_colorscale(NORM_COLORS), attn=pc.get_colorscale(ATTN_COLORS), sink=pc.get_colorscale('Blues'))   # the widgets' scales
 
 # %% auto #0
-__all__ = ['REPORT_MARK', 'report_epochs', 'run_report_data', 'report_asset', 'is_report', 'report_html', 'write_report',
-           'sweep_report_top', 'report_command']
+__all__ = ['REPORT_LUTS', 'REPORT_MARK', 'report_epochs', 'run_report_data', 'image_arrays', 'image_bytes', 'report_asset',
+           'is_report', 'report_html', 'write_report', 'sweep_report_top', 'report_command']
 
 # %% ../nbs/08c_report.ipynb #0ab221e0
 def _b64(a) -> dict:
     "An array as float32 little-endian bytes in base64, with its shape (what the page's `f32` decodes)."
     a = np.ascontiguousarray(np.asarray(a, dtype='<f4'))
     return dict(shape=list(a.shape), b64=base64.b64encode(a.tobytes()).decode())
+
+
+def _q8(maps) -> dict:
+    """Maps [..., n] (attention: >= 0) as one byte per value, each map scaled to its own maximum (what the page's `q8`
+    decodes): a quarter of float32, off by at most 1/510 of the map's maximum. A map that is all NaN (CaiT's CLS token
+    before it joins) keeps NaN as its scale, so it decodes to NaN."""
+    a = np.asarray(maps, np.float32)
+    with np.errstate(invalid='ignore'):
+        top = np.nanmax(np.where(np.isnan(a).all(-1, keepdims=True), 0, a), -1, keepdims=True)
+    top = np.where(top > 0, top, 1.0)
+    q = np.round(np.nan_to_num(a) / top * 255).clip(0, 255).astype(np.uint8)
+    scale = np.where(np.isnan(a).all(-1), np.nan, top[..., 0] / 255).astype('<f4')
+    return dict(shape=list(a.shape), u8=base64.b64encode(q.tobytes()).decode(), scale=base64.b64encode(scale.tobytes()).decode())
+
+
+def _b64_len(nbytes: int) -> int: return 4 * -(-nbytes // 3)
 
 
 def _figure_json(fig: go.Figure) -> dict:
@@ -44,49 +63,67 @@ def report_epochs(epochs: list[int], max_epochs: int) -> list[int]:
     return sorted(set(np.round(np.linspace(0, n - 1, max_epochs)).astype(int).tolist()))
 
 # %% ../nbs/08c_report.ipynb #604840de
-def run_report_data(run: RunView, n_images: int = 2, max_epochs: int = 41, gif: bool = True, weights: bool = True,
-                    images: list[int] | None = None) -> tuple[dict, dict]:
-    """What the page's script needs of one run (arrays as float32 base64, its figures), and what the page shows as is
-    (figures from the weights, the GIF). `images`: the run's probe images to keep (default: its first `n_images`)."""
+def run_report_data(run: RunView, max_epochs: int = 41, weights: bool = True, max_weight_epochs: int = 5) -> tuple[dict, dict]:
+    """What the page's script needs of one run but its per-image arrays (`image_arrays`): its settings, the histograms,
+    thresholds, outlier ratios and sink shares as float32 base64, its line charts, and the views from its weights at up
+    to `max_weight_epochs` epochs with weights (the page shows the one at or before the slider); and the figures the
+    page shows as they are (the layer x epoch maps)."""
     idx = report_epochs(run.epochs, max_epochs)
-    imgs = list(images) if images is not None else list(range(min(n_images, run.n_images)))
-    lay, P, Kr = run.layout, run.layout.n_prefix, len(imgs)
-    cls, regs, heads = [], [], []
-    for ei in idx:
-        a = run.attn_prefix(ei)[:, imgs]                                                       # depth, Kr, H, P, T
-        if lay.n_registers:
-            regs.append(prefix_attention(a, lay, lay.register_indices).reshape(run.depth, Kr, lay.n_registers, -1))  # depth, Kr, R, N
-        if run.has_cls:
-            cls.append(prefix_attention(a, lay, [lay.cls_index]).reshape(run.depth, Kr, -1))                   # depth, Kr, N
-            heads.append(decode_attention(attention_maps(a[-1], lay, [lay.cls_index])).reshape(Kr, run.n_heads, -1).transpose(1, 0, 2))  # H, Kr, N
-    arrays = dict(norms=run.norms[idx][:, :, imgs, P:], hist=run.hist[idx], bin_edges=run.bin_edges)
-    if run.has_cls: arrays.update(cls=np.stack(cls), heads=np.stack(heads))   # no CLS token: its panels stay empty
-    if lay.n_registers: arrays['registers'] = np.stack(regs)
-    state = ViewState(epoch=idx[-1], image=imgs[0] if imgs else 0)
-    views = ExploreFigures(run, state=state)
+    views = ExploreFigures(run, state=ViewState(epoch=idx[-1]), panels=('hist', 'ratio', 'curves'))
     data = dict(name=run.name, variant=run.variant, depth=run.depth, n_heads=run.n_heads, n_registers=run.n_registers,
-                grid=list(run.grid), patch_size=run.patch_size, epochs=[run.epochs[i] for i in idx], epochs_all=run.epochs,
-                detectors=list(run.detectors), default_sink=views.state.sink, image_ids=list(range(len(imgs))),   # the page's numbering
-                images=[run.image_uri(i) or data_uri(grey_image(run.grid[0] * run.patch_size, run.grid[1] * run.patch_size)) for i in imgs],
-                arrays={k: _b64(v) for k, v in arrays.items()},
+                has_cls=run.has_cls, grid=list(run.grid), patch_size=run.patch_size, epochs=[run.epochs[i] for i in idx],
+                epochs_all=run.epochs, detectors=list(run.detectors), default_sink=views.state.sink,
+                arrays=dict(hist=_b64(run.hist[idx]), bin_edges=_b64(run.bin_edges)),
                 thresholds={d: _b64(run.thresholds[d][idx]) for d in run.detectors},
                 ratios={d: _b64(run.ratios[d]) for d in run.detectors},
                 sinks={k: _b64(v[idx]) for k, v in run.sinks.items()},
-                figures={k: _figure_json(f) for k, f in views.figs.items()})
-    gif = base64.b64encode(gif_bytes(run, image=imgs[0] if imgs else 0, size=112, epochs=idx)).decode() if gif else None
-    static, data['weights_note'] = {'training': training_maps(run, run.detectors[0])}, ''   # layer x epoch: when and where
+                figures={k: _figure_json(f) for k, f in views.figs.items() if f.data},   # a probe-only store: no curves
+                weight_epochs=[], weight_figures={}, weights_note='')
+    static = {'training': training_maps(run, run.detectors[0])}               # layer x epoch: when and where
     if weights:
         try:
-            wv = weight_views(run, images=imgs)
-            ims = run.images[wv.images] if run.images is not None else None
-            embedded = 'CLS embeddings' if run.has_cls else 'pooled embeddings'
-            static |= dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {wv.epoch}') if wv.rollout is not None else None,
-                          posemb=posemb_figure(wv.posemb, f'position-embedding similarity, epoch {wv.epoch}'),
-                          pca=pca_figure(wv.pca, wv.classes, wv.pca_var, f'{embedded} of the probe set (PCA), epoch {wv.epoch}'))
-            static = {k: f for k, f in static.items() if f is not None}          # no CLS token: no rollout
+            data['weight_epochs'], data['weight_figures'] = _weight_figures(run, max_weight_epochs)
         except FileNotFoundError as e: data['weights_note'] = str(e)
-    data['static'] = list(static)
-    return data, dict(figures=static, gif=gif)
+    return data, static
+
+
+def _weight_figures(run: RunView, max_epochs: int) -> tuple[list[int], dict[str, list[dict]]]:
+    "Rollout (with a CLS token), position-embedding similarity and PCA at up to `max_epochs` epochs with weights, evenly spread."
+    files = sorted(run.weight_files())
+    if not files: run.model()                                                 # raises the FileNotFoundError that says how to keep them
+    epochs = [files[i] for i in report_epochs(files, max_epochs)]
+    figs: dict[str, list[dict]] = {}
+    embedded = 'CLS embeddings' if run.has_cls else 'pooled embeddings'
+    for e in epochs:
+        wv = weight_views(run, epoch=e, images=range(min(4, run.n_images)))
+        ims = run.images[wv.images] if run.images is not None else None
+        per = dict(rollout=rollout_figure(wv.rollout, ims, f'attention rollout, epoch {e}') if wv.rollout is not None else None,
+                   posemb=posemb_figure(wv.posemb, f'position-embedding similarity, epoch {e}'),
+                   pca=pca_figure(wv.pca, wv.classes, wv.pca_var, f'{embedded} of the probe set (PCA), epoch {e}'))
+        for k, f in per.items():
+            if f is not None: figs.setdefault(k, []).append(_figure_json(f))
+    return epochs, figs
+
+# %% ../nbs/08c_report.ipynb #a1b2c3d2
+def image_arrays(run: RunView, idx: list[int], imgs: list[int]) -> dict:
+    """The page's per-image arrays of one run at epoch indices `idx`: norms [E, L+1, K, N] (float32), the CLS token's
+    attention to the patches per block and head [E, depth, K, H, N] and the registers', mean over heads [E, depth, K, R, N] (bytes)."""
+    lay, P, K = run.layout, run.layout.n_prefix, len(imgs)
+    out = dict(norms=_b64(run.norms[idx][:, :, imgs, P:]))
+    if run.has_cls:
+        cls = [decode_attention(attention_maps(run.attn_prefix(ei)[:, imgs], lay, [lay.cls_index])) for ei in idx]   # depth, K, H, 1, h, w
+        out['cls'] = _q8(np.stack(cls).reshape(len(idx), run.depth, K, run.n_heads, -1))
+    if lay.n_registers:
+        regs = [prefix_attention(run.attn_prefix(ei)[:, imgs], lay, lay.register_indices) for ei in idx]          # depth, K, R, h, w
+        out['registers'] = _q8(np.stack(regs).reshape(len(idx), run.depth, K, lay.n_registers, -1))
+    return out
+
+
+def image_bytes(run: RunView, idx: list[int]) -> int:
+    "The characters one more probe image adds to the page's data for this run (its arrays in base64)."
+    E, N, D = len(idx), run.grid[0] * run.grid[1], run.depth
+    return (_b64_len(E * (D + 1) * N * 4) + (_b64_len(E * D * run.n_heads * (N + 4)) if run.has_cls else 0)
+            + (_b64_len(E * D * run.n_registers * (N + 4)) if run.n_registers else 0))
 
 # %% ../nbs/08c_report.ipynb #a43efb85
 def report_asset(name: str) -> str:
@@ -115,57 +152,84 @@ def _options(values, selected=None, labels=None) -> str:
                    for v, l in zip(values, labels))
 
 # %% ../nbs/08c_report.ipynb #37cc79f7
-def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, table: pd.DataFrame | None = None,
-                gif: bool = True, weights: bool = True, title: str = 'vitartifacts report',
-                top: tuple[str, dict] | None = None) -> str:
-    "The report page: plotly.js inline, every run's data as float32 arrays, sliders over epochs and layers moving every view."
+def report_html(runs: list[RunView], n_images: int | None = None, max_epochs: int = 41, table: pd.DataFrame | None = None,
+                weights: bool = True, title: str = 'vitartifacts report', top: tuple[str, dict] | None = None,
+                max_mb: float = 20.0) -> str:
+    """The report page: plotly.js inline, every run's data as arrays, controls over epochs, layers, heads and images
+    moving every view. It keeps as many of the probe images every run shares as fit in `max_mb` (or `n_images` of
+    them, whatever the size)."""
     from plotly.offline import get_plotlyjs
     shared = shared_probe_images([r.store for r in runs], [r.name for r in runs])   # image k: the same picture in every run
-    n_shown = min(n_images, len(shared.ids))
-    datas, statics = zip(*[run_report_data(r, n_images, max_epochs, gif, weights, images=ix[:n_shown])
-                           for r, ix in zip(runs, shared.indices)])
-    epochs = sorted(set().union(*[d['epochs'] for d in datas]))
-    ratio_all = runs_ratio_figure(runs)                       # the page's script moves it, as Comparison does
-    static_figs = {f'{k}-{i}': _figure_json(f) for i, st in enumerate(statics) for k, f in st['figures'].items()}
+    parts = [run_report_data(r, max_epochs, weights) for r in runs]
+    datas, statics = [p[0] for p in parts], [p[1] for p in parts]
+    idxs = [report_epochs(r.epochs, max_epochs) for r in runs]
+    source = next((i for i, r in enumerate(runs) if r.images is not None), None)   # the pictures, from a run that keeps them
+    h, w = runs[0].grid[0] * runs[0].patch_size, runs[0].grid[1] * runs[0].patch_size
+    uris = [runs[source].image_uri(shared.indices[source][k]) if source is not None else data_uri(grey_image(h, w))
+            for k in range(len(shared.ids))]
+    per_image = [sum(image_bytes(r, ix) for r, ix in zip(runs, idxs)) + len(u) + 40 for u in uris]   # + its option and quotes
+
+    def page(k: int) -> str:
+        for d, r, ix, sel in zip(datas, runs, idxs, shared.indices):
+            d['arrays'] = {kk: v for kk, v in d['arrays'].items() if kk in ('hist', 'bin_edges')} | image_arrays(r, ix, sel[:k])
+        return _page(runs, datas, statics, uris[:k], len(uris), shared.note, table, title, top, get_plotlyjs())
+
+    if n_images is not None: return page(max(1, min(n_images, len(uris))))
+    fixed = len(page(1)) - per_image[0]                                     # everything but the images
+    k = max(1, int(np.searchsorted(np.cumsum(per_image), max_mb * 1e6 - fixed, side='right')))
+    out = page(k)
+    while len(out) > max_mb * 1e6 and k > 1: k -= 1; out = page(k)          # the estimate is exact to a few bytes
+    return out
+
+
+def _page(runs, datas, statics, uris, n_shared, note, table, title, top, plotlyjs) -> str:
+    "The page's HTML from its parts (`report_html` picks how many images)."
+    n_shown, epochs = len(uris), sorted(set().union(*[d['epochs'] for d in datas]))
+    static_figs = {f'{k}-{i}': _figure_json(f) for i, st in enumerate(statics) for k, f in st.items()}
     if top: static_figs.update({k: _figure_json(f) for k, f in top[1].items()})   # a sweep's figures, drawn first
     sinks = list(dict.fromkeys(k for r in runs for k in r.sinks))
-    depth = max(r.depth for r in runs)
-    payload = dict(runs=list(datas), epochs=epochs, ratio_all=_figure_json(ratio_all), static_figures=static_figs,
+    depth, heads = max(r.depth for r in runs), max(r.n_heads for r in runs)
+    payload = dict(runs=datas, epochs=epochs, images=uris, ratio_all=_figure_json(runs_ratio_figure(runs)),
+                   static_figures=static_figs, luts={k: base64.b64encode(_lut(c).tobytes()).decode() for k, c in REPORT_LUTS.items()},
                    template=json.loads(pio.to_json(go.Figure()))['layout'].get('template', {}))
     esc = lambda s: html.escape(str(s))
     parts = [f'<!doctype html><html><head><meta charset="utf-8">{REPORT_MARK}<title>{esc(title)}</title><style>{report_asset("report.css")}</style>',
-             f'<script>{get_plotlyjs()}</script></head><body>',
+             f'<script>{plotlyjs}</script></head><body>',
              f'<h1>{esc(title)}</h1><p class="note">{len(runs)} run(s): {esc(", ".join(f"{r.name} ({r.variant})" for r in runs))}. '
              f'Written {time.strftime("%Y-%m-%d %H:%M")}; {max(len(d["epochs"]) for d in datas)} probe epochs and '
-             f'{n_shown} probe image(s) per run kept; outlier ratios use every probe epoch. '
+             f'{n_shown} of the {n_shared} probe image(s) the runs share kept; outlier ratios use every probe epoch. '
              'No kernel needed: every view is computed in the page from the data it holds.</p>',
-             f'<p class="note warning"><b>Note:</b> {esc(shared.note)}</p>' if shared.note else '',
+             f'<p class="note warning"><b>Note:</b> {esc(note)}</p>' if note else '',
              top[0] if top else '',
              '<div id="controls">',
              f'<label>epoch <input type="range" id="epoch" min="0" max="{len(epochs) - 1}" value="{len(epochs) - 1}"> '
-             f'<b id="epoch-value">{epochs[-1]}</b></label>',
+             f'<b id="epoch-value">{epochs[-1]}</b></label><button id="play" type="button">&#9654; play</button>',
              f'<label>layer <input type="range" id="layer" min="0" max="{depth}" value="{depth - 1}" '
              f'title="0..{depth - 1}: after each block; {depth}: after the final norm"> <b id="layer-value">{depth - 1}</b></label>',
+             f'<label>head <select id="head">{_options(["mean"] + list(range(heads)), "mean", ["mean of heads"] + [f"head {i}" for i in range(heads)])}</select></label>',
              f'<label>image <select id="image">{_options(range(n_shown))}</select></label>',
              f'<label>sink share of <select id="sink">{_options(sinks, datas[0]["default_sink"])}</select></label>',
              f'<label>outliers <select id="detector">{_options(list(runs[0].detectors))}</select></label>',
+             '<label title="the runs side by side on one colour scale, so magnitudes compare across variants">'
+             '<input type="checkbox" id="same"> one colour scale</label>',
              f'<label>details of <select id="run">{_options(range(len(runs)), 0, [r.name for r in runs])}</select></label>',
-             '</div><h2>Runs side by side: the image with its token norms (x: outliers), CLS and register attention</h2>']
+             '</div><h2>Runs side by side: the image and its patch-token norms (outliers outlined), CLS and register attention</h2>']
     for i, r in enumerate(runs):
-        parts.append(f'<div class="row"><div class="label"><b>{esc(r.name)}</b><br>{esc(r.variant)}</div>'
-                     f'<div id="overlay-{i}"></div><div id="cls-{i}"></div><div id="registers-{i}"></div></div>')
+        parts.append(f'<div class="row"><div class="label"><b>{esc(r.name)}</b><br>{esc(r.variant)}</div><div id="overlay-{i}"></div>'
+                     + (f'<div id="cls-{i}"></div>' if r.has_cls else '<p class="note">no CLS token</p>')
+                     + (f'<div id="registers-{i}"></div>' if r.n_registers else '') + '</div>')
     parts.append('<div id="ratio-all"></div>')
     if table is not None:
         parts.append('<h2>Headline figures (compare_runs)</h2>' + table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='-'))
     for i, (r, d) in enumerate(zip(runs, datas)):
         parts.append(f'<div class="run-details" data-run="{i}"><h2>{esc(r.name)} ({esc(r.variant)}): norms, outliers, sinks, training</h2>'
                      f'<div class="row"><div id="hist-{i}"></div><div id="ratio-{i}"></div><div id="sinks-{i}"></div></div>'
-                     f'<div class="row"><div id="curves-{i}"></div><div id="heads-{i}"></div></div>'
-                     f'<div class="row"><div id="layers-{i}"></div></div><div class="row">')
-        if statics[i]['gif']:
-            parts.append(f'<figure><img alt="norm map over epochs" src="data:image/gif;base64,{statics[i]["gif"]}" width="224">'
-                         f'<figcaption>image 0, block {r.depth - 1}: log norms over the probe epochs kept</figcaption></figure>')
-        parts += [f'<div id="{k}-{i}"></div>' for k in d['static']]
+                     f'<div class="row">' + (f'<div id="curves-{i}"></div>' if 'curves' in d['figures'] else
+                                            '<p class="note">no training curves: a store from a probe alone</p>')
+                     + (f'<div id="heads-{i}"></div>' if r.has_cls else '') + '</div>'
+                     f'<div class="row"><div id="layers-{i}"></div></div><div class="row">'
+                     f'<div id="training-{i}"></div></div><div class="row">')
+        parts += [f'<div id="{k}-{i}"></div>' for k in d['weight_figures']]
         if d['weights_note']: parts.append(f'<p class="note">{esc(d["weights_note"])}</p>')
         parts.append('</div></div>')
     blob = json.dumps(payload, separators=(',', ':')).replace('</', '<\\/')
@@ -173,9 +237,9 @@ def report_html(runs: list[RunView], n_images: int = 2, max_epochs: int = 41, ta
     return ''.join(parts)
 
 # %% ../nbs/08c_report.ipynb #65e209ee
-def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, max_epochs: int = 41,
-                 detectors=DETECTOR_NAMES, gif: bool = True, weights: bool = True, table: bool = True,
-                 title: str = 'vitartifacts report', top: tuple[str, dict] | None = None) -> Path:
+def write_report(run_dirs, out: Path | str = 'report.html', n_images: int | None = None, max_epochs: int = 41,
+                 detectors=DETECTOR_NAMES, weights: bool = True, table: bool = True,
+                 title: str = 'vitartifacts report', top: tuple[str, dict] | None = None, max_mb: float = 20.0) -> Path:
     "Write one self-contained HTML report of the runs in `run_dirs` to `out`, atomically; return its path."
     run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
     if not run_dirs: raise ValueError("No runs given; pass one or more run folders to report on.")
@@ -184,6 +248,7 @@ def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, m
         if not (r / 'probes' / 'index.json').exists():
             raise FileNotFoundError(f"Run folder {r} holds no probe store (no probes/index.json); train it with "
                                     "analysis_freq > 0 or write one with `vitartifacts probe`.")
+    if n_images is not None and n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1.")
     out = Path(out)
     if out.is_dir(): raise ValueError(f"Report path {out} is a folder; pass a file name such as {out / 'report.html'}.")
     if not out.parent.exists(): raise FileNotFoundError(f"Folder {out.parent} for the report does not exist; create it first.")
@@ -191,7 +256,7 @@ def write_report(run_dirs, out: Path | str = 'report.html', n_images: int = 2, m
         raise FileExistsError(f"{out} exists and is not a report this project wrote, so it is not replaced; pass another -o.")
     runs = [RunView(r, detectors) for r in run_dirs]
     tab = compare_runs(run_dirs, detectors[0]) if table else None
-    page = report_html(runs, n_images, max_epochs, tab, gif, weights, title, top)
+    page = report_html(runs, n_images, max_epochs, tab, weights, title, top, max_mb)
     return atomic_write(out, lambda f: f.write(page.encode()))
 
 # %% ../nbs/08c_report.ipynb #5e100002

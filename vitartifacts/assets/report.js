@@ -3,37 +3,92 @@
 const D = JSON.parse(document.getElementById('report-data').textContent);
 const TEMPLATE = D.template;
 
+function bytes(b64) { const s = atob(b64), u = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) u[i] = s.charCodeAt(i); return u; }
+function strided(shape) { const st = new Array(shape.length); let n = 1; for (let i = shape.length - 1; i >= 0; i--) { st[i] = n; n *= shape[i]; } return st; }
 function f32(o) {                      // {shape, b64} -> {d: Float32Array, shape, at(...idx) -> subarray}
-  const s = atob(o.b64), u = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) u[i] = s.charCodeAt(i);
-  const d = new Float32Array(u.buffer), shape = o.shape, strides = new Array(shape.length);
-  let n = 1;
-  for (let i = shape.length - 1; i >= 0; i--) { strides[i] = n; n *= shape[i]; }
+  const d = new Float32Array(bytes(o.b64).buffer), shape = o.shape, st = strided(shape);
   return {d, shape, at(...idx) {
-    let off = 0;
-    for (let i = 0; i < idx.length; i++) off += idx[i] * strides[i];
-    return d.subarray(off, off + (idx.length ? strides[idx.length - 1] : d.length));
+    let off = 0; for (let i = 0; i < idx.length; i++) off += idx[i] * st[i];
+    return d.subarray(off, off + (idx.length ? st[idx.length - 1] : d.length));
+  }};
+}
+function q8(o) {                       // {shape, u8, scale}: maps as bytes, each map (the last axis) with its own scale
+  const q = bytes(o.u8), scale = new Float32Array(bytes(o.scale).buffer), shape = o.shape, st = strided(shape), n = shape[shape.length - 1];
+  return {shape, at(...idx) {          // the maps under `idx`, decoded: Float32Array
+    let off = 0; for (let i = 0; i < idx.length; i++) off += idx[i] * st[i];
+    const len = idx.length ? st[idx.length - 1] : q.length, out = new Float32Array(len);
+    for (let j = 0; j < len; j++) out[j] = q[off + j] * scale[(off + j) / n | 0];
+    return out;
   }};
 }
 function sinkScale(arr) {              // figures.sink_scale: the largest share over the epochs kept (at least 0.001)
   if (arr.top === undefined) { let t = 1e-3; for (const v of arr.d) if (v > t) t = v; arr.top = t; }
   return arr.top;
 }
-function grid2d(flat, h, w) { const z = []; for (let i = 0; i < h; i++) z.push(Array.from(flat.subarray(i * w, (i + 1) * w))); return z; }
-function tile(maps, h, w, cols) {      // as the notebook's `tile`: blank column between maps, blank rows above each
-  const g = Math.max(1, Math.round(h / 5)), rows = Math.ceil(maps.length / cols), H = rows * (h + g), W = cols * (w + 1) - 1, z = [];
-  for (let i = 0; i < H; i++) z.push(new Array(W).fill(null));
-  maps.forEach((m, n) => {
-    const r = Math.floor(n / cols), c = n % cols;
-    for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) z[r * (h + g) + g + i][c * (w + 1) + j] = m[i * w + j];
-  });
-  return z;
-}
-function median(a) { const s = Array.from(a).sort((x, y) => x - y), m = s.length >> 1; return s.length % 2 ? s[m] : 0.5 * (s[m - 1] + s[m]); }
-function mean(list) { const out = new Float32Array(list[0].length); for (const a of list) for (let i = 0; i < a.length; i++) out[i] += a[i] / list.length; return out; }
+function median(a) { const s = Float32Array.from(a).sort(), m = s.length >> 1; return s.length % 2 ? s[m] : 0.5 * (s[m - 1] + s[m]); }
+function range(maps) { let lo = Infinity, hi = -Infinity; for (const m of maps) for (const v of m) if (v === v) { if (v < lo) lo = v; if (v > hi) hi = v; } return [lo, hi]; }
 function fmt(x) { return Number.isFinite(x) ? Number(x).toPrecision(3) : 'none'; }
-// Drawing is the expensive part of a move (tens of ms per figure), so a figure out of sight only gets its new data;
-// it is drawn when it scrolls into view (or is shown), once, with whatever the controls say by then.
+function meanOf(list) { const out = new Float32Array(list[0].length); for (const a of list) for (let i = 0; i < a.length; i++) out[i] += a[i] / list.length; return out; }
+const LUTS = Object.fromEntries(Object.entries(D.luts).map(([k, v]) => [k, bytes(v)]));
+
+// ---- maps on a canvas: one ImageData per map, scaled up without smoothing; far cheaper to redraw than a heatmap trace ----
+function mapPanel(id, {n, cols, h, w, cell, labels, lut, bar}) {
+  const root = document.getElementById(id), rows = Math.ceil(n / cols), lab = 15, gap = 6;
+  root.classList.add('map-panel');
+  root.innerHTML = '<div class="map-title"></div><div class="map-body"><canvas class="map"></canvas>' +
+    '<div class="map-bar"><span class="hi"></span><canvas width="10" height="100"></canvas><span class="lo"></span><span class="unit"></span></div></div>' +
+    '<div class="map-readout">&nbsp;</div>';
+  const cv = root.querySelector('canvas.map'), ctx = cv.getContext('2d'), tw = w * cell, th = h * cell;
+  cv.width = cols * tw + (cols - 1) * gap; cv.height = rows * (th + lab);
+  const small = document.createElement('canvas'); small.width = w; small.height = h;
+  const sctx = small.getContext('2d'), img = sctx.createImageData(w, h), L = LUTS[lut];
+  const barCv = root.querySelector('.map-bar canvas'), bctx = barCv.getContext('2d');
+  barCv.height = Math.min(th, 140);
+  for (let y = 0; y < barCv.height; y++) { const i = Math.round(255 * (1 - y / (barCv.height - 1))) * 3;
+    bctx.fillStyle = `rgb(${L[i]},${L[i + 1]},${L[i + 2]})`; bctx.fillRect(0, y, 10, 1); }
+  root.querySelector('.unit').textContent = bar || '';
+  const at = t => [(t % cols) * (tw + gap), Math.floor(t / cols) * (th + lab) + lab];
+  let shown = [], lo = 0, hi = 1;
+  cv.addEventListener('mousemove', ev => {
+    const r = cv.getBoundingClientRect(), x = (ev.clientX - r.left) * cv.width / r.width, y = (ev.clientY - r.top) * cv.height / r.height;
+    for (let t = 0; t < n; t++) {
+      const [x0, y0] = at(t), i = Math.floor((y - y0) / cell), j = Math.floor((x - x0) / cell);
+      if (i >= 0 && i < h && j >= 0 && j < w && shown[t]) {
+        root.querySelector('.map-readout').textContent = `${labels[t]}, patch row ${i}, col ${j}: ${fmt(shown[t][i * w + j])}`; return;
+      }
+    }
+  });
+  return {root, title(text) { root.querySelector('.map-title').textContent = text; },
+    draw(maps, opt = {}) {             // maps: Float32Array [h*w] per tile (null: opt.image there); opt: zmin, zmax, outline, image
+      [lo, hi] = opt.zmin !== undefined ? [opt.zmin, opt.zmax] : range(maps.filter(m => m));
+      if (!(hi > lo)) hi = lo + 1e-6;
+      ctx.clearRect(0, 0, cv.width, cv.height); ctx.imageSmoothingEnabled = false;
+      ctx.font = '11px sans-serif'; ctx.fillStyle = '#333'; ctx.textBaseline = 'bottom';
+      let sum = 0;
+      maps.forEach((m, t) => {
+        const [x0, y0] = at(t);
+        ctx.fillText(labels[t], x0, y0 - 2);
+        if (!m) { if (opt.image && opt.image.complete) { ctx.imageSmoothingEnabled = true; ctx.drawImage(opt.image, x0, y0, tw, th); ctx.imageSmoothingEnabled = false; } return; }
+        const px = img.data;
+        for (let i = 0; i < m.length; i++) {
+          const v = m[i], o = 4 * i;
+          if (v !== v) { px[o] = px[o + 1] = px[o + 2] = 235; px[o + 3] = 255; continue; }   // NaN: the token is absent here
+          const k = Math.max(0, Math.min(255, Math.round(255 * (v - lo) / (hi - lo)))) * 3;
+          px[o] = L[k]; px[o + 1] = L[k + 1]; px[o + 2] = L[k + 2]; px[o + 3] = 255; sum += v;
+        }
+        sctx.putImageData(img, 0, 0); ctx.drawImage(small, x0, y0, tw, th);
+      });
+      ctx.lineWidth = 2; ctx.strokeStyle = '#ff2020';           // the outliers outlined, on every tile (image and map align)
+      for (const t of (opt.frame || [])) { const [x0, y0] = at(t); ctx.strokeRect(x0 + 1, y0 + 1, tw - 2, th - 2); }   // a chosen tile
+      for (const [t, idx] of (opt.outline || [])) { const [x0, y0] = at(t); for (const i of idx) ctx.strokeRect(x0 + (i % w) * cell + 1, y0 + Math.floor(i / w) * cell + 1, cell - 2, cell - 2); }
+      root.querySelector('.hi').textContent = fmt(hi); root.querySelector('.lo').textContent = fmt(lo);
+      shown = maps;
+      root.dataset.drawn = `${sum.toPrecision(8)} ${lo.toPrecision(6)} ${hi.toPrecision(6)} ${(opt.outline || []).map(o => o[1].length).join(',')}`;
+      root.dataset.range = `${lo} ${hi}`;
+    }};
+}
+
+// ---- plotly figures (line charts): a figure out of sight only gets its new data; it is drawn when it scrolls into view ----
 const onScreen = new WeakMap(), stale = new Set();
 const watcher = new IntersectionObserver(entries => entries.forEach(en => {
   onScreen.set(en.target, en.isIntersecting);
@@ -47,9 +102,14 @@ function set(el, traces, layout) {     // change trace and layout properties in 
     o[keys[keys.length - 1]] = v;
   }
   el.layout.datarevision = (el.layout.datarevision || 0) + 1;
-  if (onScreen.get(el) === false) { stale.add(el); return Promise.resolve(el); }
+  if (onScreen.get(el) === false) { stale.add(el); return; }
   stale.delete(el);
-  return Plotly.react(el, el.data, el.layout);
+  Plotly.react(el, el.data, el.layout);
+}
+function replace(el, fig) {            // a whole other figure (a weight view of another epoch)
+  fig.layout.template = TEMPLATE; el.data = fig.data; el.layout = fig.layout;
+  if (onScreen.get(el) === false) { stale.add(el); return; }
+  stale.delete(el); Plotly.react(el, el.data, el.layout);
 }
 function plot(id, fig) {
   const el = document.getElementById(id);
@@ -60,54 +120,80 @@ function plot(id, fig) {
 }
 
 // ---- decode every run's arrays once ----
+const images = D.images.map(src => { const im = new Image(); im.src = src; im.onload = schedule; return im; });
 const runs = D.runs.map(r => {
   const a = {};
-  for (const [k, v] of Object.entries(r.arrays)) a[k] = f32(v);
+  for (const [k, v] of Object.entries(r.arrays)) a[k] = v.u8 ? q8(v) : f32(v);
   for (const grp of ['thresholds', 'ratios', 'sinks']) { a[grp] = {}; for (const [k, v] of Object.entries(r[grp])) a[grp][k] = f32(v); }
   return Object.assign({}, r, {a});
 });
 const allEpochs = D.epochs;             // the union of the runs' report epochs: the slider's stops
 
 const ui = {epoch: document.getElementById('epoch'), layer: document.getElementById('layer'), image: document.getElementById('image'),
-            sink: document.getElementById('sink'), detector: document.getElementById('detector'), run: document.getElementById('run')};
+            head: document.getElementById('head'), sink: document.getElementById('sink'), detector: document.getElementById('detector'),
+            run: document.getElementById('run'), same: document.getElementById('same')};
 function state() {
-  return {epoch: allEpochs[+ui.epoch.value], layer: +ui.layer.value, image: +ui.image.value, sink: ui.sink.value,
-          detector: ui.detector.value, run: +ui.run.value};
+  return {epoch: allEpochs[+ui.epoch.value], layer: +ui.layer.value, image: +ui.image.value, head: ui.head.value === 'mean' ? null : +ui.head.value,
+          sink: ui.sink.value, detector: ui.detector.value, run: +ui.run.value, same: ui.same.checked};
 }
-function epochIndex(r, epoch) { let i = 0; while (i + 1 < r.epochs.length && r.epochs[i + 1] <= epoch) i++; return i; }
+function epochIndex(epochs, epoch) { let i = 0; while (i + 1 < epochs.length && epochs[i + 1] <= epoch) i++; return i; }
 function layerName(r, l) { return l >= r.depth ? 'final norm' : 'block ' + l; }
 
-// ---- the panels: same figures as the notebook's ExploreFigures, moved by restyle ----
+// ---- the panels ----
 const panels = runs.map((r, ri) => {
-  const p = {};
+  const [h, w] = r.grid, cell = Math.max(4, Math.round(150 / Math.max(h, w))), p = {};
+  p.overlay = mapPanel(`overlay-${ri}`, {n: 2, cols: 2, h, w, cell, labels: ['image', 'patch-token norm'], lut: 'norm', bar: 'norm'});
+  if (r.has_cls) p.cls = mapPanel(`cls-${ri}`, {n: 1, cols: 1, h, w, cell, labels: ['CLS'], lut: 'attn', bar: 'attn'});
+  if (r.n_registers) p.registers = mapPanel(`registers-${ri}`, {n: r.n_registers, cols: Math.min(r.n_registers, 4), h, w,
+    cell: Math.max(3, Math.round(cell * 0.6)), labels: [...Array(r.n_registers).keys()].map(i => 'reg' + i), lut: 'attn', bar: 'attn'});
+  const small = Math.max(3, Math.round(90 / Math.max(h, w)));
+  p.layers = mapPanel(`layers-${ri}`, {n: r.depth + 1, cols: Math.min(r.depth + 1, 7), h, w, cell: small,
+    labels: [...Array(r.depth + 1).keys()].map(l => layerName(r, l)), lut: 'norm', bar: 'norm / median'});
+  if (r.has_cls) p.heads = mapPanel(`heads-${ri}`, {n: r.n_heads, cols: Math.min(r.n_heads, 6), h, w, cell: small,
+    labels: [...Array(r.n_heads).keys()].map(i => 'head ' + i), lut: 'attn', bar: 'attn'});
+  p.sinks = mapPanel(`sinks-${ri}`, {n: 1, cols: 1, h: r.depth, w: r.n_heads, cell: Math.max(8, Math.round(160 / Math.max(r.depth, r.n_heads))),
+    labels: [''], lut: 'sink', bar: 'share'});
   for (const [name, fig] of Object.entries(r.figures)) p[name] = plot(`${name}-${ri}`, fig);
+  p.weights = {};                      // weight views: one figure per epoch with weights, the one at or before the slider shown
+  for (const [name, figs] of Object.entries(r.weight_figures)) { p.weights[name] = plot(`${name}-${ri}`, figs[figs.length - 1]); p.weights[name].shown = figs.length - 1; }
   return p;
 });
 const ratioAll = plot('ratio-all', D.ratio_all);
 for (const [id, fig] of Object.entries(D.static_figures)) plot(id, fig);
 
-function updateRun(ri, s, details) {
-  const r = runs[ri], p = panels[ri], a = r.a, [h, w] = r.grid, ps = r.patch_size;
-  const ei = epochIndex(r, s.epoch), l = Math.min(s.layer, r.depth), al = Math.min(l, r.depth - 1), k = s.image;
-  const e = r.epochs[ei], det = a.thresholds[s.detector] ? s.detector : Object.keys(a.thresholds)[0];
-  // image with its norm map and the detector's outliers
-  const nm = a.norms.at(ei, l, k), thr = a.thresholds[det].at(ei)[l];
-  const ox = [], oy = [];
-  nm.forEach((v, i) => { if (v > thr) { ox.push((i % w + 0.5) * ps); oy.push((Math.floor(i / w) + 0.5) * ps); } });
-  set(p.overlay, {0: {source: r.images[k]}, 1: {z: grid2d(nm, h, w)}, 2: {x: ox, y: oy}},
-      {'title.text': `image ${r.image_ids[k]}: norms, ep ${e}, ${layerName(r, l)} (${ox.length} ${det} outliers)`});
-  if (a.cls) set(p.cls, {0: {z: grid2d(a.cls.at(ei, al, k), h, w)}}, {'title.text': `CLS attention, block ${al}, mean of heads`});
-  if (r.n_registers) {
-    const maps = []; for (let i = 0; i < r.n_registers; i++) maps.push(a.registers.at(ei, al, k, i));
-    set(p.registers, {0: {z: tile(maps, h, w, Math.min(r.n_registers, 4))}}, {'title.text': `register attention, block ${al}, mean of heads`});
-  }
+function headLabel(hd) { return hd === null ? 'mean of heads' : 'head ' + hd; }
+function clsMap(r, ei, al, k, hd) {     // the CLS token's attention to the patches: one head, or the mean of heads
+  if (hd !== null && hd < r.n_heads) return r.a.cls.at(ei, al, k, hd);
+  const maps = []; for (let i = 0; i < r.n_heads; i++) maps.push(r.a.cls.at(ei, al, k, i));
+  return meanOf(maps);
+}
+
+function topMaps(s) {                  // the maps of the runs side by side, before drawing (one colour scale needs them all)
+  return runs.map(r => {
+    const ei = epochIndex(r.epochs, s.epoch), l = Math.min(s.layer, r.depth), al = Math.min(l, r.depth - 1), k = s.image;
+    const det = r.a.thresholds[s.detector] ? s.detector : Object.keys(r.a.thresholds)[0];
+    const nm = r.a.norms.at(ei, l, k), thr = r.a.thresholds[det].at(ei)[l], out = [];
+    nm.forEach((v, i) => { if (v > thr) out.push(i); });
+    const cls = r.has_cls ? clsMap(r, ei, al, k, s.head) : null;
+    const regs = []; for (let i = 0; i < r.n_registers; i++) regs.push(r.a.registers.at(ei, al, k, i));   // mean of heads
+    return {ei, l, al, k, det, nm, out, cls, regs};
+  });
+}
+
+function updateRun(ri, s, m, scales, details) {
+  const r = runs[ri], p = panels[ri], a = r.a, e = r.epochs[m.ei];
+  p.overlay.title(`image ${m.k}: norms, ep ${e}, ${layerName(r, m.l)} (${m.out.length} ${m.det} outliers outlined)`);
+  p.overlay.draw([null, m.nm], Object.assign({image: images[m.k], outline: [[0, m.out], [1, m.out]]}, scales.norm || {}));
+  if (p.cls) { p.cls.title(`CLS attention, block ${m.al}, ${headLabel(s.head)}`); p.cls.draw([m.cls], scales.attn || {}); }
+  if (p.registers) { p.registers.title(`register attention, block ${m.al}, mean of heads`); p.registers.draw(m.regs, scales.attn || {}); }
   if (!details) return;
+  const l = m.l, al = m.al, k = m.k;
   // histogram with each detector's threshold
-  const counts = Array.from(a.hist.at(ei, l)), edges = Array.from(a.bin_edges.at(l));
+  const counts = Array.from(a.hist.at(m.ei, l)), edges = Array.from(a.bin_edges.at(l));
   const y = counts.concat([counts[counts.length - 1]]).map(c => c > 0 ? c : 0.5), top = Math.max(1, ...counts) * 1.5;
   const ht = {0: {x: edges, y: y}};
   r.detectors.forEach((d, i) => {
-    const t = a.thresholds[d].at(ei)[l], ok = Number.isFinite(t);
+    const t = a.thresholds[d].at(m.ei)[l], ok = Number.isFinite(t);
     const off = ok && !(edges[0] <= t && t <= edges[edges.length - 1]);   // outside the axis: the legend says so
     ht[i + 1] = {x: ok ? [t, t] : [], y: ok ? [0.7, top] : [], name: ok ? `${d} ${fmt(t)}${off ? ' (off scale)' : ''}` : `${d}: none`};
   });
@@ -117,21 +203,27 @@ function updateRun(ri, s, details) {
   let rtop = 0.01; const ry = r.detectors.map(d => { const v = []; for (let i = 0; i < r.epochs_all.length; i++) v.push(a.ratios[d].at(i)[l]); rtop = Math.max(rtop, 1.1 * Math.max(...v)); return v; });
   const rt = {}; ry.forEach((v, i) => { rt[i] = {y: v}; }); rt[ry.length] = {x: [e, e], y: [0, rtop]};
   set(p.ratio, rt, {'yaxis.range': [0, rtop], 'title.text': `outlier ratio, ${layerName(r, l)}`});
-  // sink share per block and head
-  const sk = a.sinks[s.sink] ? s.sink : r.default_sink, sz = [];
-  for (let b = 0; b < r.depth; b++) sz.push(Array.from(a.sinks[sk].at(ei, b)));
-  const heads = [...Array(r.n_heads).keys()];
-  set(p.sinks, {0: {z: sz, zmin: 0, zmax: sinkScale(a.sinks[sk])}, 1: {x: heads, y: heads.map(() => al)}},
-      {'title.text': `attention share of ${sk}, epoch ${e}`});
+  // sink share per block and head, the chosen block (and head) outlined
+  const sk = a.sinks[s.sink] ? s.sink : r.default_sink, hd = s.head !== null && s.head < r.n_heads ? s.head : null;
+  p.sinks.title(`attention share of ${sk}, epoch ${e} (rows: blocks 0-${r.depth - 1}, columns: heads 0-${r.n_heads - 1})`);
+  p.sinks.draw([a.sinks[sk].at(m.ei)], {zmin: 0, zmax: sinkScale(a.sinks[sk]),
+    outline: [[0, hd === null ? [...Array(r.n_heads).keys()].map(i => al * r.n_heads + i) : [al * r.n_heads + hd]]]});
   // training curves: move the epoch markers
-  const ct = {}; p.curves.data.forEach((tr, i) => { if (tr.name === 'epoch') ct[i] = {x: [e, e]}; });
-  set(p.curves, ct);
-  // every layer's norms over the median, every head of the last block
-  const rel = []; for (let li = 0; li <= r.depth; li++) { const v = a.norms.at(ei, li, k), m = median(v) || 1; rel.push(Array.from(v, x => x / m)); }
-  set(p.layers, {0: {z: tile(rel, h, w, Math.min(r.depth + 1, 7))}}, {'title.text': `norm / median norm of image ${r.image_ids[k]} at every layer, epoch ${e}`});
-  if (!a.heads) return;                 // a model without CLS token
-  const hm = []; for (let hd = 0; hd < r.n_heads; hd++) hm.push(a.heads.at(ei, hd, k));
-  set(p.heads, {0: {z: tile(hm, h, w, Math.min(r.n_heads, 6))}}, {'title.text': `CLS attention of every head, block ${r.depth - 1}, epoch ${e}`});
+  if (p.curves) { const ct = {}; p.curves.data.forEach((tr, i) => { if (tr.name === 'epoch') ct[i] = {x: [e, e]}; }); set(p.curves, ct); }
+  // every layer's norms over the median
+  const rel = []; for (let li = 0; li <= r.depth; li++) { const v = a.norms.at(m.ei, li, k), md = median(v) || 1; rel.push(v.map(x => x / md)); }
+  p.layers.title(`norm / median norm of image ${k} at every layer, epoch ${e}`); p.layers.draw(rel);
+  // every head's CLS attention at the chosen block
+  if (p.heads) {
+    const hm = []; for (let i = 0; i < r.n_heads; i++) hm.push(a.cls.at(m.ei, al, k, i));
+    p.heads.title(`CLS attention of every head, block ${al}, epoch ${e}`);
+    p.heads.draw(hm, {frame: hd === null ? [] : [hd]});
+  }
+  // weight views: the latest epoch with weights at or before the slider's
+  for (const [name, el] of Object.entries(p.weights)) {
+    const wi = epochIndex(r.weight_epochs, s.epoch);
+    if (el.shown !== wi) { el.shown = wi; replace(el, JSON.parse(JSON.stringify(r.weight_figures[name][wi]))); }
+  }
 }
 
 function updateCompare(s) {
@@ -147,10 +239,15 @@ function updateCompare(s) {
 
 let pending = false;
 function update() {
-  const s = state();
+  const s = state(), maps = topMaps(s), scales = {};
   document.getElementById('epoch-value').textContent = s.epoch;
   document.getElementById('layer-value').textContent = s.layer;
-  runs.forEach((r, ri) => updateRun(ri, s, ri === s.run));
+  if (s.same) {                        // one colour scale for the runs side by side: magnitudes compare across variants
+    const [nlo, nhi] = range(maps.map(m => m.nm)), [, ahi] = range(maps.flatMap(m => (m.cls ? [m.cls] : []).concat(m.regs)));
+    scales.norm = {zmin: nlo, zmax: nhi};
+    if (ahi > 0) scales.attn = {zmin: 0, zmax: ahi};
+  }
+  runs.forEach((r, ri) => updateRun(ri, s, maps[ri], scales, ri === s.run));
   updateCompare(s);
   document.querySelectorAll('.run-details').forEach(el => { el.style.display = (+el.dataset.run === s.run) ? '' : 'none'; });
   document.body.dataset.updates = String(1 + (+document.body.dataset.updates || 0));
@@ -158,6 +255,18 @@ function update() {
 function schedule() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; update(); }); } }
 Object.values(ui).forEach(el => el.addEventListener('input', schedule));
 Object.values(ui).forEach(el => el.addEventListener('change', schedule));
+// play: the epoch slider steps through its stops, every view following (what the notebook's GIF shows, for every view)
+let timer = null;
+const play = document.getElementById('play');
+play.addEventListener('click', () => {
+  if (timer) { clearInterval(timer); timer = null; play.textContent = '\u25B6 play'; return; }
+  play.textContent = '\u25A0 stop';
+  if (+ui.epoch.value >= +ui.epoch.max) ui.epoch.value = '0';
+  timer = setInterval(() => {
+    if (+ui.epoch.value >= +ui.epoch.max) { clearInterval(timer); timer = null; play.textContent = '\u25B6 play'; return; }
+    ui.epoch.value = String(+ui.epoch.value + 1); schedule();
+  }, 250);
+});
 update();
 window.vitartifactsReport = {update, state, runs};
 })();

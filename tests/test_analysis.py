@@ -10,7 +10,7 @@ from vitartifacts import analysis as A
 from vitartifacts import probing as P
 from vitartifacts.config import Config
 from vitartifacts.models import create_model
-from vitartifacts.store import ProbeStore, epoch_nbytes
+from vitartifacts.store import ProbeStore, epoch_nbytes, features_nbytes
 from vitartifacts.train import train
 
 
@@ -25,10 +25,10 @@ def one_thread(monkeypatch):
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
-    "A 3-epoch register run of the tiny model on the synthetic dataset, probed (with weights) every epoch."
+    "A 3-epoch register run of the tiny model on the synthetic dataset, probed (with weights, and block 2's tokens) every epoch."
     torch.set_num_threads(1)
     cfg = Config(model='register', n_registers=2, size='tiny', img_size=64, patch_size=16, epochs=3, batch_size=64,
-                 warmup_epochs=1, analysis_freq=1, probe_size=8, probe_weights=True, num_workers=0, save_freq=0,
+                 warmup_epochs=1, analysis_freq=1, probe_size=8, probe_weights=True, probe_features='2', num_workers=0, save_freq=0,
                  wandb_mode='disabled', dataset='synthetic',
                  runs_dir=str(tmp_path_factory.mktemp('runs')), run_name='tiny-register')
     return train(cfg)
@@ -47,7 +47,9 @@ def test_the_training_run_writes_a_whole_store(run_dir):
     assert store.images().shape == (8, 64, 64, 3) and store.images().dtype == np.uint8
     assert store.labels is not None and len(store.labels) == 8
     size = store.epoch_path(3).stat().st_size
-    assert size <= epoch_nbytes(depth, 8, 19, H, 3) + 40_000
+    assert size <= epoch_nbytes(depth, 8, 19, H, 3) + features_nbytes(8, 19, 96) + 40_000
+    assert [store.feature_layers(e) for e in store.epochs] == [[2]] * 4
+    assert store.load(3, ['features_2'], raw=True)['features_2'].dtype == np.float16
 
 
 def test_every_analysis_function_reads_the_store(run_dir):
@@ -128,3 +130,19 @@ def test_run_summary_lists_the_epochs_once(run_dir, monkeypatch):
     row = A.run_summary(run_dir)
     assert (row['probe_epochs'], row['last_probe_epoch']) == (1, 0)
     assert 0 <= row['final_outlier_ratio'] <= row['peak_outlier_ratio'] <= 1
+
+
+def test_information_reads_stored_features_else_the_weights(run_dir):
+    "Block 2's tokens come from the store's features; block 3's from the stored weights; both give the same probes' table."
+    store = ProbeStore(run_dir)
+    kept, rebuilt = A.information_over_epochs(store, 2), A.information_over_epochs(store, 3)
+    assert kept.source.tolist() == ['features'] * 4 and rebuilt.source.tolist() == ['weights'] * 4
+    assert A.information_over_epochs(store).layer.tolist() == [2] * 4           # the stored layer, by default
+    cols = ['position_normal', 'pixel_normal', 'class_normal', 'position_chance', 'pixel_chance', 'class_chance']
+    assert set(cols) <= set(kept.columns) and kept[cols].notna().all().all()
+    # the stored tokens are those the stored weights give again (float16 tokens, bf16 weights)
+    tokens, _, source = A.epoch_tokens(store, 3, 2)
+    model = store.load_model_weights(create_model(**store.meta['model']), 3)
+    again = A.probe(model, store.images(normalized=True), attention=False, features=[2]).features[2].numpy()
+    assert source == 'features' and tokens.shape == again.shape == (8, 19, 96)
+    np.testing.assert_allclose(tokens, again, rtol=0.05, atol=0.05 * np.abs(again).max())

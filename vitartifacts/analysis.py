@@ -18,13 +18,15 @@ from .store import ProbeStore, as_numpy
 from .runs import atomic_write_json, read_metrics, run_settings
 
 # %% auto #0
-__all__ = ['DETECTORS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff', 'otsu_threshold', 'gaussian_mixture_2',
-           'outliers_bimodal', 'detect_outliers', 'first_separating_layer', 'outlier_norm_ratio', 'outlier_table',
-           'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps', 'register_maps', 'attention_rollout',
-           'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share', 'sink_share', 'SinkRate',
-           'sink_rate', 'stored_massive', 'massive_table', 'patch_embeddings', 'neighbour_similarity',
-           'outlier_redundancy', 'position_probe', 'class_probe', 'outlier_cache_path', 'epoch_stamp', 'read_norms',
-           'outliers_over_epochs', 'sinks_over_epochs', 'information_over_epochs', 'run_summary', 'compare_runs']
+__all__ = ['DETECTORS', 'MITIGATION_COLUMNS', 'Outliers', 'patch_norms', 'outliers_sigma', 'outliers_cutoff', 'otsu_threshold',
+           'gaussian_mixture_2', 'outliers_bimodal', 'detect_outliers', 'first_separating_layer', 'outlier_norm_ratio',
+           'outlier_table', 'prefix_tokens', 'attention_maps', 'prefix_maps', 'cls_maps', 'register_maps',
+           'attention_rollout', 'rollout_maps', 'attention_entropy', 'mean_attention_distance', 'attention_share',
+           'sink_share', 'SinkRate', 'sink_rate', 'stored_massive', 'massive_table', 'patch_embeddings',
+           'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'class_probe', 'patch_pixels', 'pixel_probe',
+           'outlier_cache_path', 'epoch_stamp', 'read_norms', 'outliers_over_epochs', 'sinks_over_epochs',
+           'epoch_tokens', 'information_over_epochs', 'mitigation_name', 'run_summary', 'compare_runs',
+           'compare_mitigations']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -380,6 +382,39 @@ def class_probe(patch_tokens, labels, mask, train_frac: float = 0.5, l2: float =
     return dict(normal_acc=score(~m), outlier_acc=score(m), n_outlier=int(m[~fit].sum()),
                 chance=float(counts.max() / max(counts.sum(), 1)))
 
+# %% ../nbs/07_analysis.ipynb #9a7e0c02
+def patch_pixels(images, grid: tuple[int, int], cells: int = 2) -> np.ndarray:
+    "Each patch's pixels averaged to `cells` x `cells` per colour channel: uint8 [B, H, W, 3] (as stored) or float [B, 3, H, W] -> [B, N, 3 * cells**2]."
+    x = as_numpy(images)
+    x = torch.as_tensor(x.transpose(0, 3, 1, 2) if x.dtype == np.uint8 else x, dtype=torch.float64)   # B, 3, H, W
+    (gh, gw), B, ch = grid, x.shape[0], x.shape[1]
+    x = torch.nn.functional.adaptive_avg_pool2d(x, (gh * cells, gw * cells)).reshape(B, ch, gh, cells, gw, cells)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, ch * cells * cells).numpy()   # B, N, (colour, cell row, cell column)
+
+# %% ../nbs/07_analysis.ipynb #9a7e0c03
+def pixel_probe(patch_tokens, images, mask, grid: tuple[int, int], cells: int = 2, train_frac: float = 0.5,
+                l2: float = 1e-3) -> dict:
+    "Linear probe from a patch token to its patch's pixels (`patch_pixels`), fitted on normal tokens of a seeded half of the images and scored on the rest: R² and RMS error for normal and outlier tokens."
+    x = torch.as_tensor(as_numpy(patch_tokens), dtype=torch.float64)                 # B, N, C
+    y = torch.as_tensor(patch_pixels(images, grid, cells))                          # B, N, D
+    m = torch.as_tensor(np.asarray(mask, bool))
+    B, N, C = x.shape
+    fit = torch.zeros(B, dtype=torch.bool)                                        # seeded, as class_probe splits
+    fit[torch.randperm(B, generator=torch.Generator().manual_seed(0))[:max(1, min(B - 1, int(round(B * train_frac))))]] = True
+    xs, ys = x[fit][~m[fit]], y[fit][~m[fit]]
+    mu, sd, y0 = xs.mean(0), xs.std(0).clamp_min(1e-8), ys.mean(0)
+    z = (xs - mu) / sd
+    w = torch.linalg.solve(z.T @ z + l2 * len(z) * torch.eye(C, dtype=z.dtype), z.T @ (ys - y0))
+    err = ((((x[~fit] - mu) / sd) @ w + y0 - y[~fit]) ** 2).sum(-1)               # B', N: squared error of each token
+    base = ((y[~fit] - y0) ** 2).sum(-1)                                          # the same for the training mean
+    def score(sel):
+        if not sel.any(): return math.nan, math.nan
+        return 1 - (err[sel].sum() / base[sel].sum()).item(), math.sqrt(err[sel].mean().item() / y.shape[-1])
+    test_mask = m[~fit]
+    (r2_n, err_n), (r2_o, err_o) = score(~test_mask), score(test_mask)
+    return dict(normal_r2=r2_n, outlier_r2=r2_o, normal_error=err_n, outlier_error=err_o,
+                n_normal=int((~test_mask).sum()), n_outlier=int(test_mask.sum()), chance=0.0)
+
 # %% ../nbs/07_analysis.ipynb #4fa3de71
 def outlier_cache_path(store: ProbeStore, detector: str, **kwargs) -> Path:
     "Where `outliers_over_epochs` keeps the tables of `detector` with settings `kwargs` for this run."
@@ -438,33 +473,63 @@ def sinks_over_epochs(store: ProbeStore, epochs: list[int] | None = None, thresh
                              **{k: float(v[layer].mean()) for k, v in shares.items()}))
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_analysis.ipynb #c1a50007
+def epoch_tokens(store: ProbeStore, epoch: int, layer: int, model: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The raw tokens [K, T, C] of `layer` at probe `epoch`, the norms [L, K, T] that go with them, and where they came
+    from: 'features', the epoch's stored features, else 'weights', a probe of the model rebuilt from the epoch's stored
+    weights (into `model`, when given one built to match)."""
+    if layer in store.feature_layers(epoch):
+        return store.features(epoch, layer), store.load(epoch, ['norms'])['norms'], 'features'
+    if store.weights_path(epoch) is None:
+        raise FileNotFoundError(f"{store.root} keeps neither the token features of layer {layer} nor the weights at epoch "
+                                f"{epoch}; train with probe_features='{layer}' (or probe_weights=True) to probe its tokens.")
+    from vitartifacts.models import create_model
+    model = store.load_model_weights(model or create_model(**store.meta['model']), epoch)
+    res = probe(model, store.images(normalized=True), attention=False, features=[layer])
+    return as_numpy(res.features[layer]), as_numpy(res.norms), 'weights'
+
+# %% ../nbs/07_analysis.ipynb #c1a50008
+def _information_layer(store: ProbeStore, detector: str, kept: dict[int, list[int]]) -> int:
+    "The layer of the largest outlier ratio at the last probe epoch among the stored feature layers (all blocks when none), or the one nearest two thirds down when none has outliers."
+    depth = store.meta['depth']
+    layers = sorted({l for ls in kept.values() for l in ls}) or list(range(depth))
+    ratio = outliers_over_epochs(store, detector, [store.epochs[-1]]).set_index('layer').outlier_ratio.reindex(layers)
+    return int(ratio.idxmax()) if ratio.max() > 0 else min(layers, key=lambda l: abs(l - (2 * depth) // 3))
+
 # %% ../nbs/07_analysis.ipynb #c1a50005
 def information_over_epochs(store: ProbeStore, layer: int | None = None, detector: str = 'bimodal',
                             epochs: list[int] | None = None) -> pd.DataFrame:
-    """Per probe epoch with stored weights: the outlier ratio after block `layer` (default: the block of the largest
-    outlier ratio at the last probe epoch, or two thirds down when there is none) and the position (local) and class
-    (global) probes of its patch tokens, normal and outlier apart."""
-    from vitartifacts.models import create_model
-    from vitartifacts.probe import probe
-    epochs = store.weight_epochs if epochs is None else list(epochs)
-    if not epochs: raise FileNotFoundError(f"{store.root} keeps no weights of its probe epochs (train with probe_weights=True); "
-                                           "the probes rebuild each epoch's model from them.")
-    labels, depth, lay = store.labels, store.meta['depth'], store.layout
+    """Per probe epoch (default: each that keeps the tokens of `layer`, as features or weights; see `epoch_tokens`): the
+    outlier ratio of `layer` (default: `_information_layer`) and the position and pixel (local) and class (global) probes
+    of its patch tokens, normal and outlier apart."""
+    if not store.epochs: raise FileNotFoundError(f"{store.root} holds no probe epochs; train or probe into it first.")
+    labels, lay, depth = store.labels, store.layout, store.meta['depth']
     if labels is None: raise ValueError(f"{store.root} keeps no labels of its probe images; the class probe needs them.")
-    if layer is None:
-        t = outliers_over_epochs(store, detector, [store.epochs[-1]])
-        t = t[t.layer < depth]
-        layer = int(t.layer.iloc[t.outlier_ratio.argmax()]) if t.outlier_ratio.max() > 0 else (2 * depth) // 3
-    x, model, rows = store.images(normalized=True), create_model(**store.meta['model']), []
+    kept, weights = {e: store.feature_layers(e) for e in store.epochs}, set(store.weight_epochs)
+    layer = _information_layer(store, detector, kept) if layer is None else layer
+    if not 0 <= layer <= depth: raise ValueError(f"layer={layer} is not a layer of this model: 0 to {depth} ({depth}: the final norm).")
+    epochs = [e for e, ls in kept.items() if layer in ls or e in weights] if epochs is None else list(epochs)
+    if not epochs: raise FileNotFoundError(f"{store.root} keeps neither the token features of layer {layer} nor the weights of "
+                                           f"any probe epoch; train with probe_features='{layer}' (or probe_weights=True) to probe its tokens.")
+    from vitartifacts.models import create_model
+    model, images, rows = create_model(**store.meta['model']) if weights else None, store.images(normalized=True), []
     for e in epochs:
-        res = probe(store.load_model_weights(model, e), x, attention=False, features=[layer])
-        mask = detect_outliers(res.norms, lay, detector).mask[layer]
-        tokens = res.features[layer][:, lay.n_prefix:]
-        pos, cls = position_probe(tokens, mask, lay.grid), class_probe(tokens, labels, mask)
-        rows.append(dict(epoch=e, layer=layer, outlier_ratio=float(mask.mean()),
+        tokens, norms, source = epoch_tokens(store, e, layer, model)
+        mask, patches = detect_outliers(norms, lay, detector).mask[layer], tokens[:, lay.n_prefix:lay.n_tokens]
+        pos, pix, cls = position_probe(patches, mask, lay.grid), pixel_probe(patches, images, mask, lay.grid), class_probe(patches, labels, mask)
+        rows.append(dict(epoch=e, layer=layer, source=source, outlier_ratio=float(mask.mean()),
                          position_normal=pos['normal_acc'], position_outlier=pos['outlier_acc'], position_chance=pos['chance'],
+                         pixel_normal=pix['normal_r2'], pixel_outlier=pix['outlier_r2'], pixel_chance=pix['chance'],
                          class_normal=cls['normal_acc'], class_outlier=cls['outlier_acc'], class_chance=cls['chance']))
     return pd.DataFrame(rows)
+
+# %% ../nbs/07_analysis.ipynb #ad552ec7
+def mitigation_name(settings: dict, model_info: dict | None = None) -> str:
+    "The mitigations of a run in one name, as the comparison tables label it: 'attn_bias', 'softmax_one+ttr1' (1 test-time register), 'none'."
+    model_info = model_info or {}
+    on = [k for k in ('attn_bias', 'softmax_one') if settings.get(k, model_info.get(k))]
+    if model_info.get('test_time_registers'): on.append(f"ttr{model_info['test_time_registers']}")
+    return '+'.join(on) or 'none'
 
 # %% ../nbs/07_analysis.ipynb #ad552ec8
 def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dict:
@@ -474,9 +539,10 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     epochs = store.epochs                                  # one listing: a run still training adds epochs meanwhile
     if not epochs and not (run_dir / 'metrics.jsonl').exists():
         raise FileNotFoundError(f"{run_dir} holds neither probe epochs nor metrics.jsonl; is it a run folder?")
-    settings = run_settings(run_dir)
+    info = store.meta.get('model') or {} if epochs else {}
+    settings = run_settings(run_dir) or {('model' if k == 'variant' else k): v for k, v in info.items()}   # a probe alone: its model
     row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'attn_bias', 'softmax_one', 'epochs')
-                                    if k in settings})
+                                    if k in settings}, mitigation=mitigation_name(settings, info))
     for k, variant in (('n_registers', 'register'), ('gate', 'gated')):       # a setting only where it applies: '-' elsewhere
         if k in row and row.get('model') != variant: row[k] = None
     acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]
@@ -503,3 +569,20 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
 def compare_runs(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
     "A table of the headline figures of each run folder in `run_dirs`, one row per run."
     return pd.DataFrame([run_summary(r, detector, **kwargs) for r in run_dirs]).set_index('run')
+
+# %% ../nbs/07_analysis.ipynb #9a7e0c11
+MITIGATION_COLUMNS = ('model', 'n_registers', 'gate', 'mitigation', 'final_val_acc1', 'last_probe_epoch', 'max_norm_ratio',
+                      'cls_sink_share', 'register_sink_share', 'bias_sink_share', 'sink_rate', 'massive_ratio')
+
+
+def compare_mitigations(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
+    "One row per run in `run_dirs`: `MITIGATION_COLUMNS` of `compare_runs` with the outlier ratio of every layer at the last probe epoch."
+    table, layers = compare_runs(run_dirs, detector, **kwargs), {}
+    for run, run_dir in zip(table.index, run_dirs):
+        last = table.loc[run].get('last_probe_epoch')
+        if pd.notna(last):
+            ov = outliers_over_epochs(ProbeStore(run_dir), detector, [int(last)], **kwargs)
+            layers[run] = {f'outliers_{l}': r for l, r in zip(ov.layer, ov.outlier_ratio)}
+    per_layer = pd.DataFrame.from_dict(layers, orient='index')
+    per_layer = per_layer[sorted(per_layer.columns, key=lambda c: int(c.split('_')[1]))]
+    return table.reindex(columns=list(MITIGATION_COLUMNS)).join(per_layer)

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['MODELS', 'BASELINES', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS', 'COMPILE_MODES',
-           'PATCH_EMBEDS', 'POS_EMBEDS', 'AUGMENTS', 'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES',
+__all__ = ['MODELS', 'BASELINES', 'MODEL_SIZES', 'MODEL_DEPTHS', 'GATES', 'DATASETS', 'WANDB_MODES', 'PRECISIONS',
+           'COMPILE_MODES', 'PATCH_EMBEDS', 'POS_EMBEDS', 'AUGMENTS', 'AUGMENT_KERNELS', 'DATA_CACHES', 'MIXUP_MODES',
            'RUNTIME_SETTINGS', 'DEMO', 'NOTEBOOK_NAMES', 'setting', 'Config', 'setting_names', 'setting_help',
            'check_mixup_batch', 'add_arguments', 'demo_config', 'check_notebook_names', 'from_namespace',
            'parameters_cell']
@@ -21,6 +21,7 @@ __all__ = ['MODELS', 'BASELINES', 'MODEL_SIZES', 'GATES', 'DATASETS', 'WANDB_MOD
 MODELS = ('vanilla', 'register', 'gated')   # the ViT variants (what the probe and the demo take)
 BASELINES = ('cnn',)                        # models without tokens, trained by the same recipe, never probed
 MODEL_SIZES = ('tiny', 'small', 'base')
+MODEL_DEPTHS = dict(tiny=6, small=12, base=12)   # blocks of each size: the layers `probe_features` may name
 GATES = ('elementwise', 'headwise')
 DATASETS = ('synthetic', 'imagefolder', 'fashion-mnist')
 WANDB_MODES = ('disabled', 'offline', 'online')
@@ -110,6 +111,9 @@ class Config:
     save_steps: int = setting(0, "also refresh latest.pt every this many steps (0: at epoch ends only)")
     analysis_freq: int = setting(10, "probe pass every this many epochs (and at epoch 0 and the end; 0: never)")
     probe_weights: bool = setting(False, "also keep the model weights (bf16) at every probe epoch in the probe store")
+    probe_features: str = setting('', "also keep the raw tokens (float16) of these layers at every probe epoch in the probe "
+                                  "store: comma-separated layer numbers, 0 the first block's output, depth the final "
+                                  "norm, e.g. '2,4' (empty: none)")
     wandb_mode: str = setting('online', "Weights & Biases: online (offline without an API key), offline, disabled",
                               WANDB_MODES)
     wandb_project: str = setting('vitartifacts', "Weights & Biases project")
@@ -117,6 +121,11 @@ class Config:
     log_freq: int = setting(50, "steps between step-level logs to wandb/TensorBoard")
 
     def __post_init__(self): _validate(self)
+
+    @property
+    def feature_layers(self) -> list[int]:
+        "The layers of `probe_features` as numbers: '2,4' -> [2, 4]."
+        return [int(l) for l in self.probe_features.split(',') if l]
 
 # %% ../nbs/00_config.ipynb #bab5625d
 RUNTIME_SETTINGS = ('num_workers', 'fast_data', 'compile', 'compile_mode', 'patch_embed', 'augment_kernel', 'data_cache', 'device',
@@ -173,6 +182,20 @@ def _coerce(name, value, kind):
         except (TypeError, ValueError): raise bad from None
     raise bad
 
+# %% ../nbs/00_config.ipynb #5f0c7a01
+def _layers(name, value) -> str:
+    "Layer numbers given as '2,4', '2 4', 4 or [2, 4], as the one text config.yaml keeps: '2,4' (sorted, each once; '' none)."
+    bad = ValueError(f"Setting {name} must be layer numbers such as '2,4' (empty: none), got {value!r}.")
+    if value is None: return ''
+    if isinstance(value, bool): raise bad
+    if isinstance(value, int): value = [value]                     # papermill parses `-p probe_features 4` as a number
+    elif isinstance(value, str): value = [v for v in re.split(r'[\s,()\[\]]+', value) if v]
+    elif not isinstance(value, (list, tuple)): raise bad            # a YAML list
+    try: layers = sorted({_coerce(name, v, 'int') for v in value})
+    except ValueError: raise bad from None
+    if any(l < 0 for l in layers): raise bad
+    return ','.join(map(str, layers))
+
 # %% ../nbs/00_config.ipynb #86743d89
 def check_mixup_batch(batch_size: int, mixup_alpha: float, cutmix_alpha: float):
     """Raise unless `batch_size` suits Mixup/CutMix: timm's `Mixup` mixes image i with image B-1-i and asserts an even
@@ -185,12 +208,17 @@ def check_mixup_batch(batch_size: int, mixup_alpha: float, cutmix_alpha: float):
 # %% ../nbs/00_config.ipynb #c27de9fb
 def _validate(cfg: Config):
     "Coerce every field of `cfg` in place, then check values; raise `ValueError` naming the first bad setting."
+    cfg.probe_features = _layers('probe_features', cfg.probe_features)   # a list of layers, kept as one text
     for f in fields(cfg): setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), f.type))
     for f in fields(cfg):
         choices, v = f.metadata['choices'], getattr(cfg, f.name)
         if choices and v not in choices:
             shown = ', '.join(repr(c) for c in choices if c)
             raise ValueError(f"Setting {f.name}={v!r} is not one of {shown}.")
+    depth = MODEL_DEPTHS[cfg.size]
+    if cfg.feature_layers and cfg.feature_layers[-1] > depth:
+        raise ValueError(f"Setting probe_features={cfg.probe_features!r} names layer {cfg.feature_layers[-1]}, but a {cfg.size} "
+                         f"model has layers 0 to {depth} ({depth} blocks, then {depth}: the final norm).")
     def need(ok, msg):
         if not ok: raise ValueError(msg)
     for f in fields(cfg):                                    # inf and nan pass every comparison below that they should fail

@@ -17,8 +17,9 @@ from .runs import atomic_write, atomic_write_json
 from .probe import ProbeResult, TokenLayout, MassiveActivations
 
 # %% auto #0
-__all__ = ['encode_attention', 'decode_attention', 'as_numpy', 'images_to_uint8', 'ProbeStore', 'image_ids', 'probe_set_hash',
-           'SharedImages', 'shared_probe_images', 'epoch_nbytes', 'store_attn_dtype']
+__all__ = ['FLOAT16_MAX', 'FEATURES', 'encode_attention', 'decode_attention', 'as_numpy', 'images_to_uint8', 'ProbeStore',
+           'compact_features', 'image_ids', 'probe_set_hash', 'SharedImages', 'shared_probe_images', 'epoch_nbytes',
+           'store_attn_dtype', 'features_nbytes']
 
 # %% ../nbs/06_store.ipynb #4905c9e5
 _LOG8_RANGE = 16.0   # log8: 0 means below 2**-16; 1..255 cover 2**-16 .. 1 on a log2 scale
@@ -106,6 +107,16 @@ class ProbeStore:
 
     def __len__(self): return len(self.epochs)
 
+# %% ../nbs/06_store.ipynb #7e5d0a02
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+FEATURES = 'features_'   # the key of the token features of layer 4 in an epoch file is features_4
+
+
+def compact_features(tokens) -> np.ndarray:
+    "Raw tokens [K, T, C] as stored: float16, or float32 when an activation is beyond float16's range."
+    x = as_numpy(tokens).astype(np.float32)
+    return x if np.nanmax(np.abs(x), initial=0) > FLOAT16_MAX else x.astype(np.float16)
+
 # %% ../nbs/06_store.ipynb #0e9affcb
 def _epoch_arrays(epoch: int, r: ProbeResult, attn_dtype: str) -> dict:
     if r.attn_prefix is None or r.attn_received is None:
@@ -118,7 +129,8 @@ def _epoch_arrays(epoch: int, r: ProbeResult, attn_dtype: str) -> dict:
         attn_received=encode_attention(as_numpy(r.attn_received), attn_dtype),   # depth, K, H, T
         massive_values=as_numpy(m.values).astype(np.float32), massive_dims=as_numpy(m.dims).astype(np.int32),
         massive_tokens=as_numpy(m.tokens).astype(np.int32), massive_median=as_numpy(m.median).astype(np.float32),
-        logits=as_numpy(r.logits).astype(np.float16))
+        logits=as_numpy(r.logits).astype(np.float16),
+        **{f'{FEATURES}{layer}': compact_features(t) for layer, t in r.features.items()})  # K, T, C each
 
 # %% ../nbs/06_store.ipynb #afd0f59e
 @torch.no_grad()
@@ -230,7 +242,28 @@ def _result(self: ProbeStore, epoch: int) -> ProbeResult:
     massive = MassiveActivations(t(d['massive_values']), t(d['massive_dims']).long(),
                                  t(d['massive_tokens']).long(), t(d['massive_median']))
     return ProbeResult(norms=t(d['norms']), layout=self.layout, massive=massive, logits=t(d['logits']),
-                       attn_prefix=t(d['attn_prefix']), attn_received=t(d['attn_received']))
+                       attn_prefix=t(d['attn_prefix']), attn_received=t(d['attn_received']),
+                       features={int(k.removeprefix(FEATURES)): t(v) for k, v in d.items() if k.startswith(FEATURES)})
+
+# %% ../nbs/06_store.ipynb #7e5d0a04
+def _feature_layers(self: ProbeStore, epoch: int) -> list[int]:
+    "The layers whose token features probe epoch `epoch` keeps ([] for an epoch, or a store, written without them)."
+    p = self.epoch_path(epoch)
+    if not p.exists(): raise FileNotFoundError(f"{self.root} holds no probe epoch {epoch}; stored epochs: {self.epochs}.")
+    try:
+        with np.load(p, allow_pickle=False) as z: names = z.files    # the zip's directory only
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise ValueError(f"Probe epoch file {p} is damaged ({type(e).__name__}); remove it, or probe that epoch again.") from None
+    return sorted(int(k.removeprefix(FEATURES)) for k in names if k.startswith(FEATURES))
+
+
+def _features(self: ProbeStore, epoch: int, layer: int) -> np.ndarray:
+    "The raw tokens [K, T, C] (float32) of `layer` kept at probe epoch `epoch`."
+    kept = self.feature_layers(epoch)
+    if layer not in kept:
+        raise FileNotFoundError(f"{self.root} keeps no token features of layer {layer} at epoch {epoch} (kept: "
+                                f"{', '.join(map(str, kept)) or 'none'}); train with probe_features='{layer}' to keep them.")
+    return self.load(epoch, [f'{FEATURES}{layer}'])[f'{FEATURES}{layer}'].astype(np.float32)
 
 # %% ../nbs/06_store.ipynb #abb9ddd4
 def _images(self: ProbeStore, normalized: bool = False):
@@ -262,6 +295,7 @@ def _load_model_weights(self: ProbeStore, model: nn.Module, epoch: int) -> nn.Mo
     return model
 
 ProbeStore.load, ProbeStore.read, ProbeStore.result, ProbeStore.images = _load, _read, _result, _images
+ProbeStore.feature_layers, ProbeStore.features = _feature_layers, _features
 
 ProbeStore.labels = property(_labels)
 
@@ -321,3 +355,8 @@ def store_attn_dtype(result, budget: float = 5e6) -> str:
     depth, K, T = result.norms.shape[0] - 1, result.norms.shape[1], result.norms.shape[2]
     H, P = result.attn_received.shape[2], result.layout.n_prefix
     return 'float16' if epoch_nbytes(depth, K, T, H, P, 'float16') <= budget else 'log8'
+
+# %% ../nbs/06_store.ipynb #7e5d0a09
+def features_nbytes(n_images: int, n_tokens: int, embed_dim: int, n_layers: int = 1) -> int:
+    "Bytes of the float16 token features of `n_layers` layers in one stored probe epoch."
+    return 2 * n_layers * n_images * n_tokens * embed_dim

@@ -267,7 +267,7 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     "The default probe hook: probe pass on the probe set, appended to the run's probe store."
     from vitartifacts.probe import probe
     from vitartifacts.store import ProbeStore
-    result = probe(model, probe_images, attention='summary')
+    result = probe(model, probe_images, attention='summary', features=cfg.feature_layers)
     model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
                       patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
                       attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed)

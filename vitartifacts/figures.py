@@ -20,12 +20,12 @@ from .views import RunView, data_uri
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'ViewState', 'layer_name',
-           'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle', 'plotly_bundle',
-           'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'outline_xy', 'outlined_patches',
-           'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure', 'probe_classes',
-           'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes', 'runs_ratio_figure',
-           'training_measures', 'training_maps']
+__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'INFORMATION_COLUMNS',
+           'ViewState', 'layer_name', 'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle',
+           'plotly_bundle', 'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'outline_xy',
+           'outlined_patches', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
+           'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
+           'runs_ratio_figure', 'training_measures', 'training_maps', 'information_table']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -661,3 +661,27 @@ def training_maps(run: RunView, detector: str = 'bimodal', measures: pd.DataFram
     fig.update_layout(title=f'{run.name}: when and where ({detector} outliers)', width=860, height=560,
                       margin=dict(l=70, r=20, t=70, b=40))
     return fig
+
+# %% ../nbs/08a_figures.ipynb #1f0a0002
+INFORMATION_COLUMNS = {'epoch': 'epoch', 'source': 'tokens from', 'outlier_ratio': 'outlier ratio',
+                       'position_normal': 'position, normal', 'position_outlier': 'position, outliers', 'position_chance': 'position, chance',
+                       'pixel_normal': 'pixels R², normal', 'pixel_outlier': 'pixels R², outliers',
+                       'class_normal': 'class, normal', 'class_outlier': 'class, outliers', 'class_chance': 'class, chance'}
+
+
+def information_table(run: RunView, detector: str = 'bimodal', max_epochs: int = 5) -> tuple[pd.DataFrame | None, str]:
+    "The local (position, pixels) and global (class) probes of one layer's patch tokens at up to `max_epochs` probe epochs, and a sentence saying what it is (or why there is none)."
+    from vitartifacts.analysis import information_over_epochs, _information_layer
+    store = run.store
+    try:
+        kept = {e: store.feature_layers(e) for e in store.epochs}
+        weights = set(store.weight_epochs)
+        layer = _information_layer(store, detector, kept)
+        have = [e for e, ls in kept.items() if layer in ls or e in weights]
+        pick = sorted(set(np.round(np.linspace(0, len(have) - 1, max_epochs)).astype(int).tolist())) if len(have) > max_epochs else range(len(have))
+        df = information_over_epochs(store, layer, detector, [have[i] for i in pick] if have else None)
+    except (FileNotFoundError, ValueError) as e: return None, f'No local/global probes: {e}'
+    note = (f'Linear probes of the patch tokens after {layer_name(run, layer)} ({detector} outliers and the other tokens apart): '
+            f'position and pixels (local), class (global); accuracy, or R² for pixels (chance 0). {len(df)} of {len(store.epochs)} '
+            'probe epochs: those that keep the tokens (features) or the weights to re-run.')
+    return df[[c for c in INFORMATION_COLUMNS if c in df]].rename(columns=INFORMATION_COLUMNS), note

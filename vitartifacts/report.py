@@ -17,8 +17,8 @@ from .runs import atomic_write
 from .store import decode_attention, shared_probe_images
 from .analysis import compare_runs, attention_maps
 from .views import RunView, DETECTOR_NAMES, data_uri, prefix_attention
-from .figures import (ExploreFigures, ViewState, training_maps, weight_views, rollout_figure, posemb_figure, pca_figure,
-                                  runs_ratio_figure, grey_image, _lut, NORM_COLORS, ATTN_COLORS)
+from .figures import (ExploreFigures, ViewState, training_maps, information_table, weight_views, rollout_figure, posemb_figure, pca_figure,
+                                  grey_image, _lut, NORM_COLORS, ATTN_COLORS)
 
 REPORT_LUTS = dict(norm=pc.get_colorscale(NORM_COLORS), attn=pc.get_colorscale(ATTN_COLORS), sink=pc.get_colorscale('Blues'))   # the widgets' scales
 
@@ -80,6 +80,8 @@ def run_report_data(run: RunView, max_epochs: int = 41, weights: bool = True, ma
                 figures={k: _figure_json(f) for k, f in views.figs.items() if f.data},   # a probe-only store: no curves
                 weight_epochs=[], weight_figures={}, weights_note='')
     static = {'training': training_maps(run, run.detectors[0])}               # layer x epoch: when and where
+    table, data['information_note'] = information_table(run, run.detectors[0]) if weights else (None, '')
+    data['information'] = table.to_html(index=False, float_format=lambda x: f'{x:.3f}', na_rep='-') if table is not None else ''
     if weights:
         try:
             data['weight_epochs'], data['weight_figures'] = _weight_figures(run, max_weight_epochs)
@@ -189,7 +191,7 @@ def _page(runs, datas, statics, uris, n_shared, note, table, title, top, plotlyj
     if top: static_figs.update({k: _figure_json(f) for k, f in top[1].items()})   # a sweep's figures, drawn first
     sinks = list(dict.fromkeys(k for r in runs for k in r.sinks))
     depth, heads = max(r.depth for r in runs), max(r.n_heads for r in runs)
-    payload = dict(runs=datas, epochs=epochs, images=uris, ratio_all=_figure_json(runs_ratio_figure(runs)),
+    payload = dict(runs=datas, epochs=epochs, images=uris,
                    static_figures=static_figs, luts={k: base64.b64encode(_lut(c).tobytes()).decode() for k, c in REPORT_LUTS.items()},
                    template=json.loads(pio.to_json(go.Figure()))['layout'].get('template', {}))
     esc = lambda s: html.escape(str(s))
@@ -228,7 +230,9 @@ def _page(runs, datas, statics, uris, n_shared, note, table, title, top, plotlyj
                                             '<p class="note">no training curves: a store from a probe alone</p>')
                      + (f'<div id="heads-{i}"></div>' if r.has_cls else '') + '</div>'
                      f'<div class="row"><div id="layers-{i}"></div></div><div class="row">'
-                     f'<div id="training-{i}"></div></div><div class="row">')
+                     f'<div id="training-{i}"></div></div>'
+                     f'<h3>Local or global information (Darcet et al. 2024, Section 2)</h3><p class="note">{esc(d["information_note"])}</p>'
+                     f'{d["information"]}<div class="row">')
         parts += [f'<div id="{k}-{i}"></div>' for k in d['weight_figures']]
         if d['weights_note']: parts.append(f'<p class="note">{esc(d["weights_note"])}</p>')
         parts.append('</div></div>')

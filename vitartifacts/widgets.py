@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .analysis import compare_runs
 from .store import shared_probe_images
 from .views import RunView, DETECTOR_NAMES
-from .figures import ExploreFigures, FigureWidget, ViewState, layer_name, runs_ratio_figure
+from .figures import ExploreFigures, FigureWidget, ViewState, layer_name, runs_ratio_figure, training_maps, information_table
 
 # %% auto #0
 __all__ = ['Explorer', 'Comparison']
@@ -78,9 +78,27 @@ def _attach(self: Explorer, run: 'RunView'):
     f, W = self.views.figs, self.W
     rows = [[f[p] for p in row if p in f] for row in
             (('overlay', 'cls', 'registers'), ('hist', 'ratio', 'sinks'), ('curves', 'heads'), ('layers',))]
-    self.box.children = [W.HBox(r) for r in rows if r]
+    self.box.children = [W.HBox(r) for r in rows if r] + (self._over_training(run) if self.panels is None else [])
     self.status.value = f'<b>{run.name}</b> ({run.variant}): {len(run.epochs)} probe epochs, {run.depth} blocks, ' \
                         f'{run.n_heads} heads, {run.n_images} probe images, {run.n_registers} registers'
+
+# %% ../nbs/08b_widgets.ipynb #1f0b0001
+@patch
+def _over_training(self: Explorer, run: 'RunView') -> list:
+    """Below the panels: the layer x epoch maps (outlier ratio, max/median norm, massive activations, sink rate), and the
+    local/global probes of `information_table` on request (they re-run the model at each epoch with weights)."""
+    W = self.W
+    info = W.HTML('<i>Local or global information (Darcet et al. 2024, Section 2): position, pixel and class probes of one '
+                  "layer's patch tokens, outliers apart, at up to five probe epochs that keep tokens or weights.</i>")
+    button = W.Button(description='probe local / global', tooltip='linear probes of the tokens at up to five probe epochs')
+    def probe_information(_):
+        info.value = '<i>probing ...</i>'
+        table, note = information_table(run, self.detector.value)
+        info.value = f'<p>{html.escape(note)}</p>' + ('' if table is None else table.to_html(index=False, float_format=lambda x: f'{x:.3f}', na_rep='-'))
+    button.on_click(probe_information)
+    self.training, self.information = FigureWidget(training_maps(run, self.detector.value)), info
+    self.probe_information = lambda: probe_information(None)
+    return [self.training, W.HBox([button]), info]
 
 # %% ../nbs/08b_widgets.ipynb #bf781a7f
 @patch

@@ -88,13 +88,48 @@ function mapPanel(id, {n, cols, h, w, cell, labels, lut, bar}) {
     }};
 }
 
+// ---- the runs' outlier-ratio curves at the top: a canvas line chart (a plotly redraw costs 30-40 ms here, this 1-2) ----
+const COLORS = ['#636efa', '#EF553B', '#00cc96', '#ab63fa', '#FFA15A', '#19d3f3', '#FF6692', '#B6E880', '#FF97FF', '#FECB52'];
+function lineChart(id, names) {
+  const root = document.getElementById(id), W = 760, H = 300, m = {l: 56, r: 10, t: 30, b: 40};
+  root.classList.add('map-panel', 'line-chart');
+  root.innerHTML = '<canvas></canvas><div class="legend"></div>';
+  const cv = root.querySelector('canvas'), ctx = cv.getContext('2d'), dpr = window.devicePixelRatio || 1;
+  cv.width = W * dpr; cv.height = H * dpr; cv.style.width = W + 'px'; cv.style.height = H + 'px'; ctx.scale(dpr, dpr);
+  root.querySelector('.legend').innerHTML = names.map((n, i) => `<span><i style="background:${COLORS[i % COLORS.length]}"></i>${n}</span>`).join('');
+  const ticks = (lo, hi, n) => { const step = Math.pow(10, Math.floor(Math.log10((hi - lo) / n || 1))), f = [1, 2, 5, 10].find(f => (hi - lo) / (f * step) <= n) * step;
+    const out = []; for (let v = Math.ceil(lo / f) * f; v <= hi + 1e-12; v += f) out.push(+v.toPrecision(12)); return out; };
+  return {draw(title, xs, ys, top, mark) {
+    const x0 = Math.min(...xs.map(x => x[0])), x1 = Math.max(...xs.map(x => x[x.length - 1]), x0 + 1);
+    const X = v => m.l + (v - x0) / (x1 - x0) * (W - m.l - m.r), Y = v => H - m.b - v / top * (H - m.t - m.b);
+    ctx.clearRect(0, 0, W, H); ctx.fillStyle = '#e5ecf6'; ctx.fillRect(m.l, m.t, W - m.l - m.r, H - m.t - m.b);
+    ctx.font = '11px sans-serif'; ctx.strokeStyle = '#fff'; ctx.fillStyle = '#444'; ctx.lineWidth = 1;
+    ctx.textAlign = 'center'; ctx.textBaseline = 'top';
+    for (const v of ticks(x0, x1, 8).filter(Number.isInteger)) { ctx.beginPath(); ctx.moveTo(X(v), m.t); ctx.lineTo(X(v), H - m.b); ctx.stroke(); ctx.fillText(v, X(v), H - m.b + 4); }
+    ctx.textAlign = 'right'; ctx.textBaseline = 'middle';
+    for (const v of ticks(0, top, 5)) { ctx.beginPath(); ctx.moveTo(m.l, Y(v)); ctx.lineTo(W - m.r, Y(v)); ctx.stroke(); ctx.fillText(v, m.l - 4, Y(v)); }
+    ctx.textAlign = 'center'; ctx.textBaseline = 'bottom'; ctx.fillText('epoch', (m.l + W - m.r) / 2, H - 2);
+    ctx.save(); ctx.translate(12, (m.t + H - m.b) / 2); ctx.rotate(-Math.PI / 2); ctx.textBaseline = 'top'; ctx.fillText('outlier ratio', 0, 0); ctx.restore();
+    ctx.textAlign = 'left'; ctx.font = '14px sans-serif'; ctx.fillStyle = '#2a3f5f'; ctx.fillText(title, m.l, m.t - 8);
+    ys.forEach((y, i) => {
+      ctx.strokeStyle = ctx.fillStyle = COLORS[i % COLORS.length]; ctx.lineWidth = 2; ctx.beginPath();
+      y.forEach((v, j) => { const px = X(xs[i][j]), py = Y(v); j ? ctx.lineTo(px, py) : ctx.moveTo(px, py); }); ctx.stroke();
+      y.forEach((v, j) => { ctx.beginPath(); ctx.arc(X(xs[i][j]), Y(v), 2.5, 0, 2 * Math.PI); ctx.fill(); });
+    });
+    ctx.strokeStyle = '#111'; ctx.lineWidth = 1; ctx.beginPath(); ctx.moveTo(X(mark), m.t); ctx.lineTo(X(mark), H - m.b); ctx.stroke();
+    root.dataset.drawn = `${title} ${ys.map(y => y.reduce((a, b) => a + b, 0).toPrecision(6)).join(',')} ${mark}`;
+  }};
+}
+
 // ---- plotly figures (line charts): a figure out of sight only gets its new data; it is drawn when it scrolls into view ----
 const onScreen = new WeakMap(), stale = new Set();
 const watcher = new IntersectionObserver(entries => entries.forEach(en => {
   onScreen.set(en.target, en.isIntersecting);
-  if (en.isIntersecting && stale.delete(en.target)) Plotly.react(en.target, en.target.data, en.target.layout);
-}), {rootMargin: '400px 0px'});
-function set(el, traces, layout) {     // change trace and layout properties in place, then one Plotly.react if in sight
+  if (en.isIntersecting && stale.delete(en.target)) Plotly.react(en.target, en.target.data, en.target.layout).then(() => mark(en.target));
+}), {rootMargin: '0px'});   // a chart just below the fold is drawn as it scrolls in (one react, ~15 ms)
+function set(el, traces, layout, key) {   // change trace and layout properties in place, then one Plotly.react if in sight
+  if (key !== undefined && el.key === key) return;   // what it shows has not changed (an image or head move, say)
+  el.key = key;
   for (const [i, props] of Object.entries(traces)) Object.assign(el.data[+i], props);
   for (const [path, v] of Object.entries(layout || {})) {
     const keys = path.split('.'); let o = el.layout;
@@ -102,18 +137,33 @@ function set(el, traces, layout) {     // change trace and layout properties in 
     o[keys[keys.length - 1]] = v;
   }
   el.layout.datarevision = (el.layout.datarevision || 0) + 1;
-  if (onScreen.get(el) === false) { stale.add(el); return; }
+  if (onScreen.get(el) === false || el.offsetParent === null) { stale.add(el); return; }   // out of sight, or hidden
   stale.delete(el);
-  Plotly.react(el, el.data, el.layout);
+  Plotly.react(el, el.data, el.layout).then(() => mark(el));
+}
+// The epoch marker of a line chart is a thin line laid over it, not a trace: an epoch move then redraws no chart.
+function mark(el, epoch) {
+  if (epoch !== undefined) el.dataset.mark = String(epoch);
+  const L = el._fullLayout, e = Number(el.dataset.mark);
+  if (!L || el.dataset.mark === undefined) return;
+  el.style.position = 'relative';
+  Object.keys(L).filter(k => /^xaxis\d*$/.test(k)).forEach((k, i) => {
+    const ax = L[k], ay = L[ax.anchor === 'free' ? 'yaxis' : 'y' + ax.anchor.slice(1) + 'axis'] || L['yaxis'];
+    let line = el.querySelector(`.epoch-mark[data-axis="${k}"]`);
+    if (!line) { line = document.createElement('div'); line.className = 'epoch-mark'; line.dataset.axis = k; el.appendChild(line); }
+    const x = ax._offset + ax.l2p(e), inside = e >= Math.min(...ax.range) && e <= Math.max(...ax.range);
+    Object.assign(line.style, {left: `${x}px`, top: `${ay._offset}px`, height: `${ay._length}px`, display: inside ? '' : 'none'});
+  });
 }
 function replace(el, fig) {            // a whole other figure (a weight view of another epoch)
   fig.layout.template = TEMPLATE; el.data = fig.data; el.layout = fig.layout;
-  if (onScreen.get(el) === false) { stale.add(el); return; }
+  if (onScreen.get(el) === false || el.offsetParent === null) { stale.add(el); return; }
   stale.delete(el); Plotly.react(el, el.data, el.layout);
 }
-function plot(id, fig) {
+function plot(id, fig, marked) {          // marked: the chart's epoch-marker traces are left empty (see `mark`)
   const el = document.getElementById(id);
   fig.layout.template = TEMPLATE;
+  if (marked) fig.data.forEach((t, i) => { if (marked(t, i, fig.data.length)) { t.x = []; t.y = []; } });
   Plotly.newPlot(el, fig.data, fig.layout, {displaylogo: false, responsive: false});
   watcher.observe(el);
   return el;
@@ -153,12 +203,13 @@ const panels = runs.map((r, ri) => {
     labels: [...Array(r.n_heads).keys()].map(i => 'head ' + i), lut: 'attn', bar: 'attn'});
   p.sinks = mapPanel(`sinks-${ri}`, {n: 1, cols: 1, h: r.depth, w: r.n_heads, cell: Math.max(8, Math.round(160 / Math.max(r.depth, r.n_heads))),
     labels: [''], lut: 'sink', bar: 'share'});
-  for (const [name, fig] of Object.entries(r.figures)) p[name] = plot(`${name}-${ri}`, fig);
+  const marker = {ratio: (t, i, n) => i === n - 1, curves: t => t.name === 'epoch', hist: () => false};
+  for (const [name, fig] of Object.entries(r.figures)) p[name] = plot(`${name}-${ri}`, fig, marker[name]);
   p.weights = {};                      // weight views: one figure per epoch with weights, the one at or before the slider shown
   for (const [name, figs] of Object.entries(r.weight_figures)) { p.weights[name] = plot(`${name}-${ri}`, figs[figs.length - 1]); p.weights[name].shown = figs.length - 1; }
   return p;
 });
-const ratioAll = plot('ratio-all', D.ratio_all);
+const ratioAll = lineChart('ratio-all', runs.map(r => `${r.name} (${r.variant})`));
 for (const [id, fig] of Object.entries(D.static_figures)) plot(id, fig);
 
 function headLabel(hd) { return hd === null ? 'mean of heads' : 'head ' + hd; }
@@ -198,18 +249,19 @@ function updateRun(ri, s, m, scales, details) {
     ht[i + 1] = {x: ok ? [t, t] : [], y: ok ? [0.7, top] : [], name: ok ? `${d} ${fmt(t)}${off ? ' (off scale)' : ''}` : `${d}: none`};
   });
   set(p.hist, ht, {'yaxis.range': [Math.log10(0.7), Math.log10(top)], 'xaxis.range': [Math.log10(edges[0]), Math.log10(edges[edges.length - 1])],
-                   'title.text': `patch-token norms, epoch ${e}, ${layerName(r, l)}`});
+                   'title.text': `patch-token norms, epoch ${e}, ${layerName(r, l)}`}, `${m.ei} ${l}`);
   // outlier ratio over all probe epochs at this layer, the epoch marked
   let rtop = 0.01; const ry = r.detectors.map(d => { const v = []; for (let i = 0; i < r.epochs_all.length; i++) v.push(a.ratios[d].at(i)[l]); rtop = Math.max(rtop, 1.1 * Math.max(...v)); return v; });
-  const rt = {}; ry.forEach((v, i) => { rt[i] = {y: v}; }); rt[ry.length] = {x: [e, e], y: [0, rtop]};
-  set(p.ratio, rt, {'yaxis.range': [0, rtop], 'title.text': `outlier ratio, ${layerName(r, l)}`});
+  const rt = {}; ry.forEach((v, i) => { rt[i] = {y: v}; });
+  set(p.ratio, rt, {'yaxis.range': [0, rtop], 'title.text': `outlier ratio, ${layerName(r, l)}`}, String(l));
+  mark(p.ratio, e);
   // sink share per block and head, the chosen block (and head) outlined
   const sk = a.sinks[s.sink] ? s.sink : r.default_sink, hd = s.head !== null && s.head < r.n_heads ? s.head : null;
   p.sinks.title(`attention share of ${sk}, epoch ${e} (rows: blocks 0-${r.depth - 1}, columns: heads 0-${r.n_heads - 1})`);
   p.sinks.draw([a.sinks[sk].at(m.ei)], {zmin: 0, zmax: sinkScale(a.sinks[sk]),
     outline: [[0, hd === null ? [...Array(r.n_heads).keys()].map(i => al * r.n_heads + i) : [al * r.n_heads + hd]]]});
   // training curves: move the epoch markers
-  if (p.curves) { const ct = {}; p.curves.data.forEach((tr, i) => { if (tr.name === 'epoch') ct[i] = {x: [e, e]}; }); set(p.curves, ct); }
+  if (p.curves) mark(p.curves, e);
   // every layer's norms over the median
   const rel = []; for (let li = 0; li <= r.depth; li++) { const v = a.norms.at(m.ei, li, k), md = median(v) || 1; rel.push(v.map(x => x / md)); }
   p.layers.title(`norm / median norm of image ${k} at every layer, epoch ${e}`); p.layers.draw(rel);
@@ -233,8 +285,7 @@ function updateCompare(s) {
     for (let i = 0; i < r.epochs_all.length; i++) v.push(r.a.ratios[d].at(i)[l]);
     ys.push(v); top = Math.max(top, 1.1 * Math.max(...v));
   });
-  const t = {}; ys.forEach((v, i) => { t[i] = {y: v}; }); t[ys.length] = {x: [s.epoch, s.epoch], y: [0, top]};
-  set(ratioAll, t, {'yaxis.range': [0, top], 'title.text': `${s.detector} outlier ratio at layer ${s.layer}, every run`});
+  ratioAll.draw(`${s.detector} outlier ratio at layer ${s.layer}, every run`, runs.map(r => r.epochs_all), ys, top, s.epoch);
 }
 
 let pending = false;
@@ -247,9 +298,9 @@ function update() {
     scales.norm = {zmin: nlo, zmax: nhi};
     if (ahi > 0) scales.attn = {zmin: 0, zmax: ahi};
   }
+  document.querySelectorAll('.run-details').forEach(el => { el.style.display = (+el.dataset.run === s.run) ? '' : 'none'; });
   runs.forEach((r, ri) => updateRun(ri, s, maps[ri], scales, ri === s.run));
   updateCompare(s);
-  document.querySelectorAll('.run-details').forEach(el => { el.style.display = (+el.dataset.run === s.run) ? '' : 'none'; });
   document.body.dataset.updates = String(1 + (+document.body.dataset.updates || 0));
 }
 function schedule() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; update(); }); } }

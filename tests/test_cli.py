@@ -79,3 +79,57 @@ def test_train_then_probe_then_report(tmp_path, capsys):
     pytest.importorskip('vitartifacts.report', reason='the report command (views issue) is not written yet')
     assert main(['report', str(run_dir), '-o', str(tmp_path / 'report.html')]) == 0
     assert (tmp_path / 'report.html').stat().st_size > 1000
+
+
+def _timm_weights(path: Path, name: str, **kw) -> Path:
+    "A safetensors file of timm's `name` with random weights."
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in timm.create_model(name, **kw).state_dict().items()}, path)
+    return path
+
+
+def test_probe_runs_pvt_at_the_size_asked_and_prints_each_stage(tmp_path):
+    "PVT-v2 takes no img_size but needs none: probed at 112 px, one line per stage store; a layer it lacks is one sentence."
+    from vitartifacts.store import ProbeStore
+    w = _timm_weights(tmp_path / 'pvt.safetensors', 'pvt_v2_b0', num_classes=3)
+    args = ['probe', '--weights', w, '--model', 'pvt_v2_b0', '--img_size', '112', '--images', 'photos', '--n_images', '2']
+    res = vitartifacts(*args, '--out', tmp_path / 'bad', '--features', '9')
+    assert (res.returncode, res.stderr) == (2, "vitartifacts probe: features='9' names layer 9, but the deepest stage of pvt_v2_b0 "
+                                               "has layers 0 to 2 (2 blocks, then 2: the final norm).\n")
+    assert not (tmp_path / 'bad').exists()
+    res = vitartifacts(*args, '--out', tmp_path / 'pvt')
+    assert res.returncode == 0, res.stderr[-2000:]
+    stores = [ProbeStore(tmp_path / 'pvt' / f'stage{i}') for i in range(4)]
+    assert res.stdout.splitlines() == [f'probe store stage{i}: {st.root}' for i, st in enumerate(stores)]
+    assert [st.layout.grid for st in stores] == [(28, 28), (14, 14), (7, 7), (4, 4)]
+    assert stores[0].meta['model']['img_size'] == 112 and stores[0].meta['model']['num_classes'] == 3
+
+
+def test_probe_features_make_a_store_the_information_probes_read(tmp_path):
+    "`--features 2,4` keeps those layers' tokens, so the information probes run on a probe-only store without weights."
+    from PIL import Image
+    from safetensors.torch import save_file
+    from vitartifacts.analysis import information_over_epochs
+    from vitartifacts.models import create_model
+    from vitartifacts.store import ProbeStore
+    torch.manual_seed(0)
+    net = create_model('register', 'tiny', num_classes=2, img_size=32, patch_size=8, n_registers=2)
+    save_file(net.state_dict(), tmp_path / 'reg.safetensors')
+    for i in range(16):
+        (tmp_path / 'imgs' / f'c{i % 2}').mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (40, 40), (15 * i, 200 * (i % 2), 90)).save(tmp_path / 'imgs' / f'c{i % 2}' / f'{i}.png')
+    res = vitartifacts('probe', '--weights', tmp_path / 'reg.safetensors', '--images', tmp_path / 'imgs',
+                       '--out', tmp_path / 'probed', '--features', '2,4')
+    assert res.returncode == 0, res.stderr[-2000:]
+    store = ProbeStore(tmp_path / 'probed')
+    assert res.stdout == f'probe store: {store.root}\n'
+    assert store.feature_layers(0) == [2, 4] and store.weight_epochs == []
+    assert store.features(0, 4).shape == (16, 19, 96)                 # images, CLS + 2 registers + 16 patches, width
+    table = information_over_epochs(store, 4)
+    assert table.source.tolist() == ['features'] and table.layer.tolist() == [4]
+    res = vitartifacts('probe', '--weights', tmp_path / 'reg.safetensors', '--images', tmp_path / 'imgs',
+                       '--out', tmp_path / 'x', '--features', '7')
+    assert (res.returncode, res.stderr) == (2, "vitartifacts probe: features='7' names layer 7, but a tiny register model has "
+                                               "layers 0 to 6 (6 blocks, then 6: the final norm).\n")

@@ -630,37 +630,77 @@ def test_unsupported_families_get_one_sentence():
             assert str(e.value).count('. ') == 0 and str(e.value).endswith('.')   # one sentence
 
 
-def _probe_cli(tmp_path, name, **kw):
+def _probe_cli(tmp_path, name, *args, build=None):
+    "Exit code of `vitartifacts probe ARGS` on a random timm `name` (10 classes; built with `build`) and two images."
     import timm
     from safetensors.torch import save_file
     from vitartifacts.cli import main
     from vitartifacts.testing import smooth_image
     torch.manual_seed(0)
-    net = timm.create_model(name, num_classes=10, **kw)
+    net = timm.create_model(name, num_classes=10, **(build or {}))
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / f'{name}.safetensors')
     (tmp_path / 'imgs').mkdir(exist_ok=True)
     for i in range(2): smooth_image(np.random.default_rng(i), 64, 64).save(tmp_path / 'imgs' / f'{i}.png')
     return main(['probe', '--weights', str(tmp_path / f'{name}.safetensors'), '--model', name, '--images', str(tmp_path / 'imgs'),
-                 '--out', str(tmp_path / name), '--n_images', '2', '--num_classes', '10']
-                + [a for k, v in kw.items() for a in (f'--{k}', str(v))])
+                 '--out', str(tmp_path / name), '--n_images', '2', *map(str, args)])
 
 
 def test_the_probe_command_writes_a_store_per_stage(tmp_path, capsys):
-    code = _probe_cli(tmp_path, 'swin_tiny_patch4_window7_224', img_size=112)   # stage grids 28, 14, 7, 4 (windows 7, 7, 7, 4)
+    code = _probe_cli(tmp_path, 'swin_tiny_patch4_window7_224', '--img_size', 112, build=dict(img_size=112))   # stage grids 28, 14, 7, 4 (windows 7, 7, 7, 4)
     printed = capsys.readouterr().out
     assert code == 0
     stages = ['stage0', 'stage1', 'stage2', 'stage3']
     stores = [ProbeStore(tmp_path / 'swin_tiny_patch4_window7_224' / s) for s in stages]
-    assert all(f'{s}: {st.root}' in printed for s, st in zip(stages, stores))
+    assert printed.splitlines() == [f'probe store {s}: {st.root}' for s, st in zip(stages, stores)]   # a line per stage
     assert [st.layout.grid for st in stores] == [(28, 28), (14, 14), (7, 7), (4, 4)]
     assert [st.meta['n_heads'] for st in stores] == [3, 6, 12, 24] and [st.meta['depth'] for st in stores] == [2, 2, 6, 2]
     assert stores[3].meta['model']['stages'] == stages and stores[3].meta['model']['img_size'] == 112
+    assert stores[3].meta['model']['num_classes'] == 10                # read off head.fc.weight: no --num_classes
     out = write_report([st.run_dir for st in stores], tmp_path / 'report.html')
     assert out.exists()
 
 
+def test_the_probe_command_reads_crossvits_classifier_and_keeps_features(tmp_path, capsys):
+    "CrossViT's heads (head.0, head.1) give its classes; --features keeps a layer in each branch."
+    build = dict(img_size=120)                                         # branches of 10x10 and 7x7 patches (the second at 112 px)
+    code = _probe_cli(tmp_path, 'crossvit_tiny_240', '--img_size', 120, '--features', 1, build=build)
+    assert code == 0, capsys.readouterr().err
+    names = [l.split(':')[0].removeprefix('probe store ') for l in capsys.readouterr().out.splitlines()]
+    stores = [ProbeStore(tmp_path / 'crossvit_tiny_240' / n) for n in names]
+    assert names == ['patch12', 'patch16'] and [st.meta['model']['num_classes'] for st in stores] == [10, 10]
+    assert [st.features(0, 1).shape for st in stores] == [(2, 101, 96), (2, 50, 192)]
+
+
+def test_the_probe_command_runs_pvt_at_the_size_asked(tmp_path, capsys):
+    "timm's PVT-v2 takes no img_size, and needs none (no position table): --img_size 112 probes at 112 px."
+    code = _probe_cli(tmp_path, 'pvt_v2_b0', '--img_size', 112)
+    assert code == 0, capsys.readouterr().err
+    stores = [ProbeStore(tmp_path / 'pvt_v2_b0' / f'stage{i}') for i in range(4)]
+    assert [st.layout.grid for st in stores] == [(28, 28), (14, 14), (7, 7), (4, 4)]
+    assert stores[0].meta['model']['img_size'] == 112 and stores[0].images().shape == (2, 112, 112, 3)
+
+
+def test_swins_classes_come_from_the_file_or_num_classes(tmp_path):
+    """Swin's classes are read off head.fc.weight, or given; a backbone file (no classifier) builds a model without a head;
+    weights of another Swin fail in one sentence naming the first keys that do not fit."""
+    import timm
+    from safetensors.torch import save_file
+    from vitartifacts.models import build_probe_model
+    name = 'swin_tiny_patch4_window7_224'
+    sd = timm.create_model(name, num_classes=10, img_size=112).state_dict()
+    save_file(sd, tmp_path / 'swin.safetensors')
+    save_file({k: v for k, v in sd.items() if not k.startswith('head.')}, tmp_path / 'backbone.safetensors')
+    for given in (None, 10):
+        net, info = build_probe_model(tmp_path / 'swin.safetensors', name, img_size=112, num_classes=given)
+        assert info['num_classes'] == net.num_classes == 10
+    net, info = build_probe_model(tmp_path / 'backbone.safetensors', name, img_size=112)
+    assert info['num_classes'] == net.num_classes == 0
+    with pytest.raises(ValueError, match=r"does not fit timm's swin_small_patch4_window7_224: missing layers\.2\.blocks\.10\.attn\.proj\.bias, .* and 152 more; name the architecture"):
+        build_probe_model(tmp_path / 'swin.safetensors', 'swin_small_patch4_window7_224', img_size=112)
+
+
 def test_the_probe_command_refuses_an_unsupported_family_in_one_sentence(tmp_path, capsys):
-    code = _probe_cli(tmp_path, 'mobilevit_xxs')
+    code = _probe_cli(tmp_path, 'mobilevit_xxs', '--num_classes', 10)
     err = capsys.readouterr().err.strip()
     assert code == 2 and '\n' not in err and 'Traceback' not in err
     assert 'ByobNet is not one of them' in err

@@ -67,6 +67,9 @@ def build_parser() -> Parser:
                          '(Jiang et al. 2025, "Vision Transformers Don\'t Need Trained Registers"); the store records them')
     pr.add_argument('--register_neurons', '--register-neurons', type=int, default=10, metavar='K',
                     help='with --test_time_registers: how many top-ranked neurons to move (default: %(default)s)')
+    pr.add_argument('--features', nargs='+', default=None, metavar='LAYER',
+                    help="also keep the raw tokens (float16) of these layers, as the training setting probe_features: "
+                         "'2,4', 2 4 or 4 (0 to depth-1: after each block; depth: the final norm)")
     r = sub.add_parser('report', help='write a self-contained HTML report of one or more runs')
     r.add_argument('runs', nargs='+', type=Path, metavar='RUN', help='run folders')
     r.add_argument('-o', '--out', type=Path, default=Path('report.html'), metavar='FILE', help='the HTML file to write')
@@ -178,8 +181,10 @@ def run_command(args: argparse.Namespace):
         if args.weights is not None and args.pretrained: raise ValueError("Pass either --weights or --pretrained, not both.")
         if args.weights is not None and not args.weights.is_file(): raise FileNotFoundError(f"Weights file {args.weights} does not exist.")
         kw = {k: v for k, v in vars(args).items() if k != 'command'}
-        store = _command('probing', 'probe_command')(**kw)
-        print(f"probe store: {getattr(store, 'root', store)}")
+        kw['features'] = ' '.join(args.features or [])          # `--features 2 4` and `--features 2,4` alike
+        stores = _command('probing', 'probe_command')(**kw)
+        for name, store in (stores.items() if isinstance(stores, dict) else [(None, stores)]):   # a staged model: one per stage
+            print(f"probe store{f' {name}' if name else ''}: {store.root}")
     elif args.command == 'report':
         print(f"writing the report of {', '.join(str(r) for r in args.runs)} to {args.out} ...", flush=True)   # tens of seconds for big runs
         out = _command('report', 'report_command')([str(r) for r in args.runs], str(args.out))

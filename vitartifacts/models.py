@@ -377,6 +377,29 @@ def infer_model_args(state_dict: dict) -> dict:
     args.update(attn_bias=any(k.endswith('attn.bias_k') for k in sd), softmax_one=any(k.endswith('attn.zero_kv') for k in sd))
     return args
 
+# %% ../nbs/01_models.ipynb #b7c1d0a2
+def _timm_skeleton(name: str, img_size: int | None = None) -> tuple[nn.Module, dict]:
+    """timm's `name` with one class on the meta device (no memory, no init), and the size argument that builds it for
+    `img_size` px: {'img_size': N}, or {} for a family that takes none and runs at any size (PVT-v2, the convnets)."""
+    def build(**kw):
+        with torch.device('meta'): return timm.create_model(name, pretrained=False, num_classes=1, **kw)
+    if img_size is None: return build(), {}
+    try: return build(img_size=img_size), dict(img_size=img_size)
+    except TypeError as e:                     # "unexpected keyword argument 'img_size'": not a fixed-size family
+        if 'img_size' not in str(e): raise
+    except AssertionError as e:                # e.g. Twins: a stage grid its patches do not divide
+        raise ValueError(f"timm's {name} cannot be built for {img_size} px images ({str(e).rstrip('.')}); "
+                         "pass another img_size (--img_size).") from None
+    return build(), {}
+
+# %% ../nbs/01_models.ipynb #b7c1d0a5
+def _classifier_keys(net: nn.Module) -> list[str]:
+    "The names of the weight matrices of a timm model's classifier (`get_classifier()`: one module, or one per head or branch)."
+    heads = net.get_classifier()
+    heads = heads if isinstance(heads, (tuple, list, nn.ModuleList)) else [heads]
+    ids = {id(p) for h in heads for p in h.parameters()}
+    return [k for k, p in net.named_parameters() if id(p) in ids and p.ndim >= 2]   # weights, not biases or norms
+
 # %% ../nbs/01_models.ipynb #b7c1d004
 def build_probe_model(weights: Path | str, model: str | None = None, **model_args) -> tuple[nn.Module, dict]:
     "The model for a weights file: ours (arguments read from the file, `model_args` override) or timm's `model`; with its info."
@@ -391,10 +414,12 @@ def build_probe_model(weights: Path | str, model: str | None = None, **model_arg
         net = create_model(**{k: v for k, v in info.items()}, drop_path_rate=0.0, **anysize)
     else:
         if not timm.is_model(model): raise ValueError(f"model={model!r} is neither a variant ({', '.join(MODELS)}) nor a timm model name.")
-        kw = {k: v for k, v in model_args.items() if v is not None and k in ('img_size', 'num_classes')}
-        if 'num_classes' not in kw: kw['num_classes'] = int(sd['head.weight'].shape[0]) if 'head.weight' in sd else 0
-        net = timm.create_model(model, pretrained=False, **kw)
-        info = dict(timm_name=model, **kw)
+        img_size, num_classes = model_args.get('img_size'), model_args.get('num_classes')
+        skeleton, sized = _timm_skeleton(model, img_size)
+        if num_classes is None:                # the file's classifier; none found: a model without one (a backbone file)
+            num_classes = next((int(sd[k].shape[0]) for k in _classifier_keys(skeleton) if k in sd), 0)
+        net = timm.create_model(model, pretrained=False, num_classes=num_classes, **sized)
+        info = dict(timm_name=model, **({} if img_size is None else dict(img_size=img_size)), num_classes=num_classes)
     if 'timm_name' in info:
         load_weights(net, weights, what=f"timm's {model}",
                      hint='name the architecture the weights were saved from (model=, `--model` of `vitartifacts probe`)')

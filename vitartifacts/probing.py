@@ -12,6 +12,7 @@ from torchvision.datasets import ImageFolder
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import data
+from .config import _layers
 from .data import DECODE_ERRORS, val_transform, probe_indices, to_rgb8, walk_files
 from .models import build_probe_model
 from .probe import ProbeResult, MassiveActivations, StagedAdapter, model_adapter, probe, probe_stages
@@ -83,17 +84,19 @@ def join_results(parts: list[ProbeResult]) -> ProbeResult:
                                  torch.stack([p.massive.median for p in parts]).median(0).values)
     cat = lambda name, dim: torch.cat([getattr(p, name) for p in parts], dim)
     return ProbeResult(norms=cat('norms', 1), layout=parts[0].layout, massive=massive, logits=cat('logits', 0),
-                       attn_prefix=cat('attn_prefix', 1), attn_received=cat('attn_received', 1))
+                       attn_prefix=cat('attn_prefix', 1), attn_received=cat('attn_received', 1),
+                       features={l: torch.cat([p.features[l] for p in parts]) for l in parts[0].features})   # B, T, C each
 
 
-def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> ProbeResult:
-    "One probe pass (attention summary) in batches of `batch_size`, joined."
-    return join_results([probe(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)])
+def probe_in_batches(model, x: torch.Tensor, batch_size: int = 64, features: list[int] | None = None) -> ProbeResult:
+    "One probe pass (attention summary; the raw tokens of the layers in `features`) in batches of `batch_size`, joined."
+    return join_results([probe(model, x[i:i + batch_size], attention='summary', features=features)
+                         for i in range(0, len(x), batch_size)])
 
 
-def probe_stages_in_batches(model, x: torch.Tensor, batch_size: int = 64) -> dict[str, ProbeResult]:
-    "`probe_stages` (attention summary) in batches of `batch_size`, each stage's joined."
-    parts = [probe_stages(model, x[i:i + batch_size], attention='summary') for i in range(0, len(x), batch_size)]
+def probe_stages_in_batches(model, x: torch.Tensor, batch_size: int = 64, features: list[int] | None = None) -> dict[str, ProbeResult]:
+    "`probe_stages` (attention summary; `features` in each stage that has them) in batches of `batch_size`, each stage's joined."
+    parts = [probe_stages(model, x[i:i + batch_size], attention='summary', features=features) for i in range(0, len(x), batch_size)]
     return {name: join_results([p[name] for p in parts]) for name in parts[0]}
 
 # %% ../nbs/06a_probing.ipynb #5e130002
@@ -142,6 +145,20 @@ def _writable_stores(out: Path | str, names: list[str | None], epoch: int, attn_
                                   f"to the store (stored: {store.epochs}), or another --out.")
     return stores
 
+# %% ../nbs/06a_probing.ipynb #c6a0b121
+def _feature_layers(features, adapter, info: dict) -> list[int]:
+    "The layers of `features` ('2,4', '2 4', 4 or [2, 4], as the training setting `probe_features`), each one the model has."
+    try: layers = [int(l) for l in _layers('features', features).split(',') if l]
+    except ValueError: raise ValueError(f"features={features!r} must be layer numbers such as '2,4', '2 4' or 4.") from None
+    staged = isinstance(adapter, StagedAdapter)
+    depth = max(len(s.blocks()) for s in adapter.stages().values()) if staged else len(adapter.blocks())
+    if layers and layers[-1] > depth:
+        what = info.get('timm_name') or f"a {info['size']} {info['variant']} model"
+        where = f"the deepest stage of {what}" if staged else what
+        raise ValueError(f"features={features!r} names layer {layers[-1]}, but {where} has layers 0 to {depth} "
+                         f"({depth} blocks, then {depth}: the final norm).")
+    return layers
+
 # %% ../nbs/06a_probing.ipynb #c6a0b118
 def _command_model(weights, model, pretrained: bool, img_size: int | None, **model_args):
     "The model `probe_command` probes, its info, where its weights came from, and its own transform (pretrained, no img_size)."
@@ -177,6 +194,7 @@ def probe_command(
     test_time_registers: int = 0,   # extra tokens onto which the register neurons are moved (Jiang et al. 2025); 0: none
     register_neurons: int = 10,     # how many of the top-ranked register neurons to move
     pretrained: bool = False,       # timm's pretrained weights of `model` (through the Hugging Face hub) instead of a file
+    features: str | int | list[int] | None = None,  # also keep the raw tokens (float16) of these layers: '2,4', '2 4' or 4; depth: the final norm
 ) -> ProbeStore | ProbeStores:
     "Probe `images` with the model in `weights` and write the probe store to `out` (one per stage of a staged model): `vitartifacts probe`."
     if n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1: the probe needs an image.")
@@ -188,6 +206,7 @@ def probe_command(
                                                   patch_size=patch_size, num_classes=num_classes)
     adapter = model_adapter(net)            # a family the probe cannot read: one sentence, before any image is read
     staged = isinstance(adapter, StagedAdapter)
+    layers = _feature_layers(features, adapter, info)
     if staged and test_time_registers:
         raise ValueError(f"test_time_registers moves register neurons within one token sequence, and this {type(net).__name__} "
                          "runs one per stage; probe it without test_time_registers.")
@@ -205,7 +224,8 @@ def probe_command(
         net = add_test_time_registers(net, found, n=test_time_registers)
         info = dict(info, test_time_registers=test_time_registers,
                     register_neurons=[dict(layer=f.layer, neuron=f.neuron, score=f.score) for f in found])
-    results = probe_stages_in_batches(net, x, batch_size) if staged else {None: probe_in_batches(net, x, batch_size)}
+    results = (probe_stages_in_batches(net, x, batch_size, layers) if staged
+               else {None: probe_in_batches(net, x, batch_size, layers)})
     for name, store in stores.items():
         store.append(epoch, results[name], images=x, labels=labels, weights=net if save_weights else None, mean=mean, std=std,
                      model_info=dict(weights=source, **info, **(dict(stage=name, stages=names) if staged else {})))

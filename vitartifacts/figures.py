@@ -289,8 +289,8 @@ def _build_hist(self: ExploreFigures):
     fig = go.Figure(traces)
     fig.update_xaxes(type='log', title_text='patch-token norm (all probe images)')
     fig.update_yaxes(type='log', title_text='tokens')
-    fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
-                      legend=dict(x=1, xanchor='right', y=1, bgcolor='rgba(255,255,255,0.6)'))
+    fig.update_layout(width=420, height=340, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
+                      legend=dict(orientation='h', x=0, y=-0.28, yanchor='top'))   # below the axis: off the data
     return fig
 
 # %% ../nbs/08a_figures.ipynb #7d905726
@@ -302,8 +302,8 @@ def _build_ratio(self: ExploreFigures):
                              hoverinfo='skip'))
     fig = go.Figure(traces)
     fig.update_xaxes(title_text='epoch', **epoch_ticks(self.run.epochs)); fig.update_yaxes(title_text='outlier ratio', rangemode='tozero')
-    fig.update_layout(width=420, height=300, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
-                      legend=dict(x=0, y=1, bgcolor='rgba(255,255,255,0.6)'))
+    fig.update_layout(width=420, height=320, margin=dict(l=50, r=10, t=36, b=40), title=dict(font_size=13),
+                      legend=dict(orientation='h', x=0, y=-0.25, yanchor='top'))   # below the axis: off the data
     return fig
 
 

@@ -222,7 +222,9 @@ def _page(runs, datas, statics, uris, n_shared, note, table, title, top, plotlyj
                      + (f'<div id="registers-{i}"></div>' if r.n_registers else '') + '</div>')
     parts.append('<div id="ratio-all"></div>')
     if table is not None:
-        parts.append('<h2>Headline figures (compare_runs)</h2>' + table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='-'))
+        shown = table.T if len(table) <= 8 else table                          # a few runs: one column each, so it fits the page
+        parts.append('<h2>Headline figures (compare_runs)</h2><div class="table">'
+                     + shown.to_html(float_format=lambda x: f'{x:.4g}', na_rep='-') + '</div>')
     for i, (r, d) in enumerate(zip(runs, datas)):
         parts.append(f'<div class="run-details" data-run="{i}"><h2>{esc(r.name)} ({esc(r.variant)}): norms, outliers, sinks, training</h2>'
                      f'<div class="row"><div id="hist-{i}"></div><div id="ratio-{i}"></div><div id="sinks-{i}"></div></div>'

@@ -608,6 +608,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'vitartifacts.report._page': ('report.html#_page', 'vitartifacts/report.py'),
                                      'vitartifacts.report._q8': ('report.html#_q8', 'vitartifacts/report.py'),
                                      'vitartifacts.report._weight_figures': ('report.html#_weight_figures', 'vitartifacts/report.py'),
+                                     'vitartifacts.report.headline_table': ('report.html#headline_table', 'vitartifacts/report.py'),
                                      'vitartifacts.report.image_arrays': ('report.html#image_arrays', 'vitartifacts/report.py'),
                                      'vitartifacts.report.image_bytes': ('report.html#image_bytes', 'vitartifacts/report.py'),
                                      'vitartifacts.report.is_report': ('report.html#is_report', 'vitartifacts/report.py'),

@@ -12,7 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from fastcore.basics import patch
 
-from .analysis import compare_runs, compare_mitigations
+from .report import headline_table
 from .store import shared_probe_images
 from .views import RunView, DETECTOR_NAMES
 from .figures import ExploreFigures, FigureWidget, ViewState, layer_name, runs_ratio_figure, training_maps, information_table
@@ -152,8 +152,7 @@ class Comparison:
         import ipywidgets as W
         self.runs = [r if isinstance(r, RunView) else RunView(r) for r in run_dirs]
         if not self.runs: raise ValueError("run_dirs is empty; pass the run folders to compare.")
-        dirs = [r.run_dir for r in self.runs]      # compare_runs' measures and every layer's outlier ratio: any mix of variants and mitigations
-        self.table = compare_runs(dirs, detector).join(compare_mitigations(dirs, detector).filter(like='outliers_'))
+        self.table = headline_table([r.run_dir for r in self.runs], detector)   # the report's table: any mix of variants and mitigations
         self.views = [ExploreFigures(r, widget=True, panels=('overlay', 'cls', 'registers')) for r in self.runs]
         self.all_epochs = sorted(set().union(*[r.epochs for r in self.runs]))
         depth = min(r.depth for r in self.runs)

@@ -55,6 +55,12 @@ SETTINGS = {
                   why='global aggregation: count 1-5 small objects on one flat background'),
     'count-hi-lr': dict(preset='count', train=dict(epochs=30, lr=2e-2, analysis_freq=5, **NO_MIX),
                         why='the same, at 4x the learning rate (large updates are said to drive outlier features)'),
+    # no ready-made sink: without a CLS token a head that wants to attend nowhere must pick a patch or a register
+    'count-gap': dict(preset='count', train=dict(epochs=30, lr=5e-3, analysis_freq=5, class_token=False, **NO_MIX),
+                      why='count, with no CLS token (global average pooling): no token but patches and registers to sink on'),
+    # LayerScale at 1e-4 keeps every branch small at first; without it the residual stream can grow from the start
+    'count-nols': dict(preset='count', train=dict(epochs=30, lr=5e-3, analysis_freq=5, layer_scale=0.0, **NO_MIX),
+                       why='count, with LayerScale off (Bach et al. 2025: LayerScale changes where artifacts appear)'),
     'same': dict(preset='same', train=dict(epochs=16, lr=5e-3, analysis_freq=4, **NO_MIX),
                  why='a relation between distant patches: two small objects of the same shape or not'),
 }

@@ -36,20 +36,26 @@ def metrics(run_dir):
 
 def test_new_settings_train_from_the_command_line_and_stop_early(tmp_path):
     res = vitartifacts('train', *TINY, *FLAT, '--epochs', '4', '--early_stop_patience', '1', '--pos_embed', 'sincos',
-                       '--patch_embed', 'convstem', '--augment', 'cutout', '--runs_dir', tmp_path, '--run_name', 'r')
+                       '--patch_embed', 'convstem', '--augment', 'cutout', '--class_token', 'false', '--layer_scale', '0',
+                       '--runs_dir', tmp_path, '--run_name', 'r')
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / 'r'
     cfg = yaml.safe_load((run / 'config.yaml').read_text())
     assert (cfg['pos_embed'], cfg['patch_embed'], cfg['augment'], cfg['early_stop_patience']) == ('sincos', 'convstem', 'cutout', 1)
+    assert (cfg['class_token'], cfg['layer_scale']) == (False, 0.0)
     lines = metrics(run)
     assert [(l['epoch'], l.get('early_stop', False)) for l in lines] == [(1, False), (2, True)], lines
     assert 'Early stop after epoch 2 of 4' in res.stdout
     assert (run / 'checkpoints' / 'final.pt').exists() and (run / 'checkpoints' / 'final.safetensors').exists()
     from vitartifacts.store import ProbeStore
-    assert ProbeStore(run).epochs == [0, 1, 2]
-    from vitartifacts.models import build_probe_model   # the weights say what they are, stem and sin-cos included
-    _, info = build_probe_model(run / 'checkpoints' / 'final.safetensors')
+    store = ProbeStore(run)
+    assert store.epochs == [0, 1, 2] and (store.layout.cls_index, store.layout.n_prefix) == (None, 0)   # patch tokens only
+    from vitartifacts.models import build_probe_model   # the weights say what they are: stem, sin-cos, no CLS, no LayerScale
+    net, info = build_probe_model(run / 'checkpoints' / 'final.safetensors')
     assert (info['patch_embed'], info['pos_embed'], info['patch_size'], info['img_size']) == ('convstem', 'sincos', 8, 32)
+    assert (info['class_token'], info['init_values'], net.global_pool) == (False, 0.0, 'avg')
+    from vitartifacts.analysis import compare_runs
+    assert compare_runs([run]).loc['r', ['class_token', 'layer_scale']].tolist() == [False, 0.0]
 
 
 @pytest.mark.parametrize('args, phrases', [

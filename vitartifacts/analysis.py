@@ -540,9 +540,11 @@ def run_summary(run_dir: Path | str, detector: str = 'bimodal', **kwargs) -> dic
     if not epochs and not (run_dir / 'metrics.jsonl').exists():
         raise FileNotFoundError(f"{run_dir} holds neither probe epochs nor metrics.jsonl; is it a run folder?")
     info = store.meta.get('model') or {} if epochs else {}
-    settings = run_settings(run_dir) or {('model' if k == 'variant' else k): v for k, v in info.items()}   # a probe alone: its model
-    row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'attn_bias', 'softmax_one', 'epochs')
-                                    if k in settings}, mitigation=mitigation_name(settings, info))
+    names = dict(variant='model', init_values='layer_scale')             # create_model's names for the settings
+    settings = run_settings(run_dir) or {names.get(k, k): v for k, v in info.items()}   # a probe alone: its model
+    row = dict(run=run_dir.name, **{k: settings[k] for k in ('model', 'size', 'n_registers', 'gate', 'attn_bias', 'softmax_one',
+                                                             'class_token', 'layer_scale', 'epochs') if k in settings},
+               mitigation=mitigation_name(settings, info))
     for k, variant in (('n_registers', 'register'), ('gate', 'gated')):       # a setting only where it applies: '-' elsewhere
         if k in row and row.get('model') != variant: row[k] = None
     acc = [m['val_acc1'] for m in read_metrics(run_dir) if m.get('val_acc1') is not None]

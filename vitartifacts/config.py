@@ -50,6 +50,9 @@ class Config:
     gate: str = setting('elementwise', "gate of the 'gated' variant", GATES)
     attn_bias: bool = setting(False, "learnable key and value per head in every attention (Sun et al. 2024, Massive Activations in LLMs)")
     softmax_one: bool = setting(False, "+1 in the attention softmax denominator (Miller 2023, Attention is off by one)")
+    class_token: bool = setting(True, "a CLS token, which the classifier reads; false: none, the classifier reads the mean "
+                                "of the patch tokens (global average pooling)")
+    layer_scale: float = setting(1e-4, "LayerScale init of every block's two branches (DeiT III: 1e-4); 0 turns LayerScale off")
     img_size: int = setting(224, "input resolution in pixels")
     patch_size: int = setting(16, "patch side in pixels")
     pos_embed: str = setting('learn', "position embedding of the patches: learned (timm's), none, fixed 2-D sin-cos, "
@@ -225,7 +228,7 @@ def _validate(cfg: Config):
         if f.type == 'float': need(math.isfinite(getattr(cfg, f.name)), f"Setting {f.name} must be a finite number, got {getattr(cfg, f.name)}.")
     need(cfg.lr > 0, f"Setting lr must be positive, got {cfg.lr}.")
     for name in ('min_lr', 'warmup_lr', 'weight_decay', 'clip_grad', 'mixup_alpha', 'cutmix_alpha',
-                 'color_jitter', 'warmup_epochs', 'drop_path_rate'):
+                 'color_jitter', 'warmup_epochs', 'drop_path_rate', 'layer_scale'):
         need(getattr(cfg, name) >= 0, f"Setting {name} must be zero or positive, got {getattr(cfg, name)}.")
     need(cfg.img_size <= 4096, f"Setting img_size must be at most 4096 pixels, got {cfg.img_size}.")   # beyond: an allocation no machine has
     for name in ('epochs', 'batch_size', 'img_size', 'patch_size', 'nproc'):

@@ -209,7 +209,7 @@ class TwoConvNet(nn.Sequential):
         self.num_classes, self.img_size = num_classes, img_size
 
 # %% ../nbs/01_models.ipynb #02d5caa2
-def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias=False, softmax_one=False):
+def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias=False, softmax_one=False, class_token=True):
     "Raise one clear error for the first bad argument."
     if variant not in MODELS:
         raise ValueError(f"variant={variant!r} is not a model variant; choose one of {', '.join(MODELS)}.")
@@ -219,7 +219,7 @@ def _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bia
         raise ValueError(f"n_registers={n_registers!r} is out of range; use an integer from 0 to {MAX_REGISTERS}.")
     if gate not in GATES:
         raise ValueError(f"gate={gate!r} is not a gate; choose one of {', '.join(GATES)}.")
-    for name, v in (('attn_bias', attn_bias), ('softmax_one', softmax_one)):
+    for name, v in (('attn_bias', attn_bias), ('softmax_one', softmax_one), ('class_token', class_token)):
         if not isinstance(v, bool): raise ValueError(f"{name}={v!r} must be True or False.")
     if img_size % patch_size:
         raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; "
@@ -244,7 +244,8 @@ def create_model(
     attn_bias: bool = False,       # learnable k', v' per head in every attention (Sun et al. 2024)
     softmax_one: bool = False,     # +1 in every attention's softmax denominator (Miller 2023)
     drop_path_rate: float = 0.05,  # stochastic depth (DeiT III ViT-S: 0.05)
-    init_values: float = 1e-4,     # LayerScale init (DeiT III: 1e-4)
+    init_values: float = 1e-4,     # LayerScale init (DeiT III: 1e-4); 0 or None: no LayerScale
+    class_token: bool = True,      # False: no CLS token; the classifier reads the mean of the patch tokens
     patch_embed: str = 'conv',     # 'conv' (timm's PatchEmbed), 'linear' (LinearPatchEmbed: same weights, one GEMM) or 'convstem'
     pos_embed: str = 'learn',      # 'learn', 'none', 'sincos' (fixed) or 'learn_2d' (row + column)
     **timm_kwargs,                 # anything else VisionTransformer takes
@@ -254,11 +255,12 @@ def create_model(
         model = TwoConvNet(num_classes, img_size)
         model.variant = variant
         return model
-    _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias, softmax_one)
+    _check_args(variant, size, n_registers, gate, img_size, patch_size, attn_bias, softmax_one, class_token)
     embed_layer = patch_embed_layer(patch_embed, pos_embed)
     kwargs = dict(img_size=img_size, patch_size=patch_size, num_classes=num_classes, qkv_bias=True,
-                  no_embed_class=True, init_values=init_values, drop_path_rate=drop_path_rate,
+                  no_embed_class=True, init_values=init_values or None, drop_path_rate=drop_path_rate,
                   **SIZES[size])
+    if not class_token: kwargs.update(class_token=False, global_pool='avg', fc_norm=False)   # the final norm stays on every token
     if variant == 'register': kwargs['reg_tokens'] = n_registers
     if embed_layer is not PatchEmbed: kwargs['embed_layer'] = embed_layer
     if pos_embed in ('none', 'learn_2d'): kwargs['pos_embed'] = 'none'   # learn_2d: added by the patch embedding
@@ -356,10 +358,11 @@ def _pos_embed_of(sd: dict, dim: int) -> tuple[int | None, str]:
 
 # %% ../nbs/01_models.ipynb #b7c1d002
 def infer_model_args(state_dict: dict) -> dict:
-    "create_model arguments (variant, size, n_registers, gate, attn_bias, softmax_one, patch_size, img_size, num_classes) read off one of our state dicts."
+    """create_model arguments (variant, size, n_registers, gate, attn_bias, softmax_one, patch_size, img_size, num_classes,
+    and class_token and init_values where they are not the defaults) read off one of our state dicts."""
     sd = state_dict
-    if 'patch_embed.proj.weight' not in sd or 'cls_token' not in sd:
-        raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or cls_token); pass model= a timm model name.")
+    if 'patch_embed.proj.weight' not in sd or not any(k.startswith('blocks.') for k in sd):
+        raise ValueError("the weights are not a vitartifacts ViT (no patch_embed.proj.weight or blocks); pass model= a timm model name.")
     stem = [k for k in sd if k.startswith('patch_embed.stem.') and k.endswith('.weight') and sd[k].ndim == 4]   # convstem's convs
     dim, patch = sd['patch_embed.proj.weight'].shape[0], 2 ** len(stem) if stem else sd['patch_embed.proj.weight'].shape[-1]
     grid, pos = _pos_embed_of(sd, dim)
@@ -375,6 +378,8 @@ def infer_model_args(state_dict: dict) -> dict:
     elif 'reg_token' in sd: args.update(variant='register', n_registers=int(sd['reg_token'].shape[1]))
     else: args.update(variant='vanilla')
     args.update(attn_bias=any(k.endswith('attn.bias_k') for k in sd), softmax_one=any(k.endswith('attn.zero_kv') for k in sd))
+    if 'cls_token' not in sd: args['class_token'] = False
+    if 'blocks.0.ls1.gamma' not in sd: args['init_values'] = 0.0          # LayerScale off: its branches have no gamma
     return args
 
 # %% ../nbs/01_models.ipynb #b7c1d0a2

@@ -33,8 +33,9 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     from vitartifacts.models import create_model
     return create_model(cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size,
                         patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                        attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one,
-                        drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed)
+                        attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, class_token=cfg.class_token,
+                        init_values=cfg.layer_scale, drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed,
+                        pos_embed=cfg.pos_embed)
 
 # %% ../nbs/05_train.ipynb #a7ce25d4
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -270,7 +271,8 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     result = probe(model, probe_images, attention='summary', features=cfg.feature_layers)
     model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
                       patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed)
+                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed,
+                      class_token=cfg.class_token, init_values=cfg.layer_scale)
     ProbeStore(run_dir, attn_dtype='auto').append(
         epoch, result, images=probe_images, labels=probe_labels,
         weights=model if cfg.probe_weights else None, model_info=model_info)

@@ -10,7 +10,8 @@ and mean + 3 sigma):
 - the largest patch norm over the median;
 - where the bimodal detector's outliers sit: the share on background patches (a patch is an object patch when one of
   its pixels is more than 40 grey levels from the image's median colour; the backgrounds are flat);
-- the attention share each prefix token (CLS, registers) and the patches receive.
+- the attention share each prefix token (CLS, registers) and the patches receive;
+- with registers, the largest register norm over the median patch norm (median over the images).
 
 A run shows emergence as defined here when, with no planting of any kind: at the first probe (epoch 0) no layer has
 outliers, and at the last probe some layer past the first third holds bimodal outliers at 0.5-10% of the patch tokens,
@@ -156,6 +157,8 @@ def analyse(run_dir: Path) -> dict:
                              sigma_background_share=float((~objects[ms]).mean()) if ms.any() else math.nan,
                              top_patch_background=float((~objects[np.arange(len(top)), top]).mean()) if top is not None else math.nan,
                              background_patches=float((~objects).mean()),
+                             register_norm_ratio=(float(np.median(d['norms'][l][:, layout.register_indices].max(-1)) / med)
+                                                  if layout.register_indices else math.nan),
                              **({f'share_{k}': float(v[l].mean()) for k, v in shares.items()} if l < len(d['attn_received']) else {})))
     depth = len(rows) // max(1, len(epochs)) - 1                                       # blocks (the last row: the final norm)
     last = [r for r in rows if r['epoch'] == epochs[-1] and r['layer'] < depth]
@@ -176,7 +179,8 @@ def analyse(run_dir: Path) -> dict:
                    top_patch_share=max(r['share_top patch'] for r in late),
                    top_patch_background=max(late, key=lambda r: r['share_top patch'])['top_patch_background'],
                    share_cls=np.mean([r.get('share_cls', math.nan) for r in last]),
-                   share_registers=np.mean([r.get('share_registers', math.nan) for r in last]))
+                   share_registers=np.mean([r.get('share_registers', math.nan) for r in last]),
+                   register_norm_ratio=best['register_norm_ratio'])
     if hits:
         h = max(hits, key=lambda r: r['bimodal'])
         summary.update(info_probes(run_dir, epochs[-1], h['layer']))
@@ -186,7 +190,7 @@ def analyse(run_dir: Path) -> dict:
 def markdown(summaries: list[dict]) -> str:
     cols = ['run', 'epochs', 'val_acc1', 'train_seconds', 'images_per_s', 'clean_at_start', 'emerged', 'layer', 'bimodal', 'sigma',
             'outlier_norm_ratio', 'max_median', 'max_median_start', 'background_share', 'sigma_background_share',
-            'background_patches', 'top_patch_share', 'top_patch_background', 'share_cls', 'share_registers']
+            'background_patches', 'top_patch_share', 'top_patch_background', 'share_cls', 'share_registers', 'register_norm_ratio']
     fmt = lambda v: (f'{v:.3g}' if isinstance(v, float) and not math.isnan(v) else '-' if isinstance(v, float) else str(v))
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     lines += ['| ' + ' | '.join(fmt(s.get(c, math.nan)) for c in cols) + ' |' for s in summaries]

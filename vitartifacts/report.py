@@ -15,7 +15,7 @@ import plotly.io as pio
 
 from .runs import atomic_write
 from .store import decode_attention, shared_probe_images
-from .analysis import compare_runs, compare_mitigations, attention_maps
+from .analysis import headline_table, attention_maps
 from .views import RunView, DETECTOR_NAMES, data_uri, prefix_attention
 from .figures import (ExploreFigures, ViewState, training_maps, information_table, weight_views, rollout_figure, posemb_figure, pca_figure,
                                   grey_image, _lut, NORM_COLORS, ATTN_COLORS)
@@ -24,7 +24,7 @@ REPORT_LUTS = dict(norm=pc.get_colorscale(NORM_COLORS), attn=pc.get_colorscale(A
 
 # %% auto #0
 __all__ = ['REPORT_LUTS', 'REPORT_MARK', 'report_epochs', 'run_report_data', 'image_arrays', 'image_bytes', 'report_asset',
-           'is_report', 'report_html', 'headline_table', 'write_report', 'sweep_report_top', 'report_command']
+           'is_report', 'report_html', 'write_report', 'sweep_report_top', 'report_command']
 
 # %% ../nbs/08c_report.ipynb #0ab221e0
 def _b64(a) -> dict:
@@ -243,11 +243,6 @@ def _page(runs, datas, statics, uris, n_shared, note, table, title, top, plotlyj
     return ''.join(parts)
 
 # %% ../nbs/08c_report.ipynb #65e209ee
-def headline_table(run_dirs, detector: str = 'bimodal') -> pd.DataFrame:
-    "`compare_runs`' table with the outlier ratio of every layer at the last probe epoch (`compare_mitigations`): runs of any mix of variants and mitigations on the same measures."
-    return compare_runs(run_dirs, detector).join(compare_mitigations(run_dirs, detector).filter(like='outliers_'))
-
-
 def write_report(run_dirs, out: Path | str = 'report.html', n_images: int | None = None, max_epochs: int = 41,
                  detectors=DETECTOR_NAMES, weights: bool = True, table: bool = True,
                  title: str = 'vitartifacts report', top: tuple[str, dict] | None = None, max_mb: float = 20.0) -> Path:

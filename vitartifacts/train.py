@@ -21,21 +21,25 @@ from .runs import (atomic_write, atomic_write_text, atomic_save, check_run_dir, 
                                read_metrics, run_lock, write_metrics)
 
 # %% auto #0
-__all__ = ['build_model', 'build_optimizer', 'lr_schedule', 'Device', 'pick_device', 'in_distributed_env', 'init_distributed',
-           'autocast', 'set_determinism', 'rng_state', 'set_rng_state', 'save_weights', 'Progress', 'epoch_batches',
-           'soft_targets', 'evaluate', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due', 'epochs_since_best',
-           'early_stop_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch', 'checkpoint_state', 'save_checkpoint',
-           'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'stopped_early', 'launch']
+__all__ = ['model_args', 'build_model', 'build_optimizer', 'lr_schedule', 'Device', 'pick_device', 'in_distributed_env',
+           'init_distributed', 'autocast', 'set_determinism', 'rng_state', 'set_rng_state', 'save_weights', 'Progress',
+           'epoch_batches', 'soft_targets', 'evaluate', 'wandb_has_key', 'Trackers', 'on_probe', 'probe_due',
+           'epochs_since_best', 'early_stop_due', 'NonFiniteLoss', 'Run', 'account', 'train_epoch', 'checkpoint_state',
+           'save_checkpoint', 'load_checkpoint', 'setup_run', 'end_epoch', 'train', 'stopped_early', 'launch']
 
 # %% ../nbs/05_train.ipynb #d52f650c
+def model_args(cfg: Config, num_classes: int) -> dict:
+    """The `create_model` arguments of `cfg` but the training-only drop path: what builds the model, and what the probe
+    store keeps (`meta['model']`) to build it again."""
+    return dict(variant=cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                n_registers=cfg.n_registers, gate=cfg.gate, attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one,
+                patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed, class_token=cfg.class_token, init_values=cfg.layer_scale)
+
+
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     "The model of `cfg` (a ViT, or the CNN baseline) with `num_classes` outputs."
     from vitartifacts.models import create_model
-    return create_model(cfg.model, size=cfg.size, num_classes=num_classes, img_size=cfg.img_size,
-                        patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                        attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, class_token=cfg.class_token,
-                        init_values=cfg.layer_scale, drop_path_rate=cfg.drop_path_rate, patch_embed=cfg.patch_embed,
-                        pos_embed=cfg.pos_embed)
+    return create_model(**model_args(cfg, num_classes), drop_path_rate=cfg.drop_path_rate)
 
 # %% ../nbs/05_train.ipynb #a7ce25d4
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -269,13 +273,9 @@ def on_probe(run_dir: Path, epoch: int, model: torch.nn.Module, probe_images: to
     from vitartifacts.probe import probe
     from vitartifacts.store import ProbeStore
     result = probe(model, probe_images, attention='summary', features=cfg.feature_layers)
-    model_info = dict(variant=cfg.model, size=cfg.size, num_classes=model.num_classes, img_size=cfg.img_size,
-                      patch_size=cfg.patch_size, n_registers=cfg.n_registers, gate=cfg.gate,
-                      attn_bias=cfg.attn_bias, softmax_one=cfg.softmax_one, patch_embed=cfg.patch_embed, pos_embed=cfg.pos_embed,
-                      class_token=cfg.class_token, init_values=cfg.layer_scale)
     ProbeStore(run_dir, attn_dtype='auto').append(
         epoch, result, images=probe_images, labels=probe_labels,
-        weights=model if cfg.probe_weights else None, model_info=model_info)
+        weights=model if cfg.probe_weights else None, model_info=model_args(cfg, model.num_classes))
     return result
 
 # %% ../nbs/05_train.ipynb #3cfe266b

@@ -12,7 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from fastcore.basics import patch
 
-from .report import headline_table
+from .analysis import headline_table
 from .store import shared_probe_images
 from .views import RunView, DETECTOR_NAMES
 from .figures import ExploreFigures, FigureWidget, ViewState, layer_name, runs_ratio_figure, training_maps, information_table

@@ -6,6 +6,7 @@
   opens copies of nbs/workflows/explore.ipynb and then compare.ipynb in the same page, runs all cells of each, every
   figure is drawn with data (no "Error displaying widget", no "Failed to load model class"), moving a slider changes
   the figures, screenshots are kept, and the server is shut down.
+- a page that takes 3 s to load plotly.js: a figure changed right after it is made still shows the change.
 
 Screenshots go to the pytest temporary folder (printed; `pytest --basetemp DIR` keeps them in DIR).
 The tests skip only when chromium is missing outside CI; in CI (CI=true) they must run.
@@ -326,3 +327,39 @@ def test_explore_and_compare_in_a_busy_jupyterlab(browser, jupyterlab, busy_cpu,
     # plotly.js once per kernel: with the widget that carries it, and again only if the page asks for every widget's state
     assert plotly and max(plotly.values()) <= 2, f"plotly.js was sent {plotly} times: per figure, not once per kernel"
     page.close()
+
+
+
+SLOW_PLOTLY = """\
+from vitartifacts import figures
+slow = 'await new Promise((done) => setTimeout(done, 3000));\\n' + figures.PLOTLY_ESM.read_text(encoding='utf-8')
+figures._BUNDLE = figures.PlotlyBundle(code=slow)   # plotly.js as a page that takes 3 s to load it gets it"""
+SLOW_FIGURE = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': f'c{k}', 'metadata': {}, 'outputs': [], 'source': src}
+                         for k, src in enumerate([
+    SLOW_PLOTLY,
+    'import plotly.graph_objects as go\nfig = figures.FigureWidget(go.Figure(go.Heatmap(z=[[1, 2]])))\nfig',
+    'fig.data[0].z = [[3, 4]]          # sent while the page is still loading plotly.js',
+    'fig.update_layout(title_text="moved");'])],
+    'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
+
+
+def test_a_figure_gets_every_update_while_plotly_loads(browser, tmp_path):
+    """A figure made and changed at once, on a page that takes 3 s to load plotly.js (a busy machine takes about 2 s):
+    the figure shows the change, and the page logs no widget error. anywidget gives a widget 2 s to initialize and
+    drops every later message to it if it takes longer."""
+    root = tmp_path / 'lab'
+    root.mkdir()
+    (root / 'slow.ipynb').write_text(json.dumps(SLOW_FIGURE))
+    with lab_server(root, tmp_path, NO_NEWS) as url:
+        page = browser.new_page(viewport={'width': 1200, 'height': 900})
+        errors = watch(page)
+        run_all(page, url, 'slow.ipynb', tmp_path)
+        page.wait_for_function("document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .js-plotly-plot').length >= 1", timeout=120_000)
+        page.wait_for_timeout(3000)                          # what else would arrive has arrived
+        shown = page.evaluate("""() => { const el = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .js-plotly-plot');
+                                        return {z: el.data && el.data[0] ? el.data[0].z : null,
+                                                title: el.layout && el.layout.title ? el.layout.title.text : null}; }""")
+        page.screenshot(path=str(tmp_path / 'slow.png'))
+        page.close()
+    assert shown == {'z': [[3, 4]], 'title': 'moved'}, f'the figure missed updates sent while plotly.js loaded: {shown}; {errors}'
+    assert not [e for e in errors if 'widget' in e.lower() or 'initialize' in e.lower()], errors

@@ -20,12 +20,12 @@ from .views import RunView, data_uri
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'SHARED_ESM', 'TRAINING_MAPS', 'INFORMATION_COLUMNS',
-           'ViewState', 'layer_name', 'grey_image', 'tile_gap', 'tile', 'figure_data', 'json_safe', 'PlotlyBundle',
-           'plotly_bundle', 'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures', 'outline_xy',
-           'outlined_patches', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d', 'pca_figure',
-           'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif', 'gif_bytes',
-           'runs_ratio_figure', 'training_measures', 'training_maps', 'information_table']
+__all__ = ['NORM_COLORS', 'ATTN_COLORS', 'DETECTOR_STYLE', 'PLOTLY_ESM', 'HELD', 'SHARED_ESM', 'TRAINING_MAPS',
+           'INFORMATION_COLUMNS', 'ViewState', 'layer_name', 'grey_image', 'tile_gap', 'tile', 'figure_data',
+           'json_safe', 'PlotlyBundle', 'plotly_bundle', 'FigureWidget', 'epoch_ticks', 'sink_scale', 'ExploreFigures',
+           'outline_xy', 'outlined_patches', 'posemb_similarity', 'posemb_figure', 'cls_embeddings', 'pca_2d',
+           'pca_figure', 'probe_classes', 'rollout_figure', 'WeightViews', 'weight_views', 'norm_frames', 'norm_gif',
+           'gif_bytes', 'runs_ratio_figure', 'training_measures', 'training_maps', 'information_table']
 
 # %% ../nbs/08a_figures.ipynb #cf00bc62
 NORM_COLORS, ATTN_COLORS = 'Viridis', 'Inferno'
@@ -149,7 +149,9 @@ import plotly.basewidget
 
 PLOTLY_ESM = Path(plotly.basewidget.__file__).parent / 'package_data' / 'widgetbundle.js'   # what plotly's FigureWidget sends
 
-SHARED_ESM = """
+HELD = sorted(n for n in go.FigureWidget.class_trait_names() if n.startswith(('_widget_', '_py2js_')))   # plotly's model listens to these
+
+SHARED_ESM = f"const HELD = {json.dumps(HELD)};\n" + """
 const pages = (globalThis.__vitartifactsPlotly ??= new Map());   // bundle widget id -> plotly's widget factory
 function plotly(model) {
   const id = model.get('_bundle_id');
@@ -160,10 +162,27 @@ function plotly(model) {
   return pages.get(id);
 }
 export default () => {            // one of these per figure, as plotly's own module makes one per figure
-  let figure;
+  let figure, loaded;
   return {
-    async initialize(ctx) { figure = (await plotly(ctx.model))(); return figure.initialize(ctx); },
-    render(ctx) { return figure.render(ctx); },
+    initialize({ model, ...ctx }) {
+      const held = [], replaying = new Map(), listeners = new Map();
+      const hold = Object.fromEntries(HELD.map((name) => [name, () => held.push([name, model.get(name)])]));
+      for (const name of HELD) model.on(`change:${name}`, hold[name]);
+      const proxy = { ...model,        // plotly's model sees a held change with the value it had when it came
+        get: (name) => (replaying.has(name) ? replaying.get(name) : model.get(name)),
+        on: (event, f) => { listeners.set(event, [...(listeners.get(event) ?? []), f]); model.on(event, f); } };
+      loaded = plotly(model).then((factory) => {
+        figure = factory();
+        figure.initialize({ ...ctx, model: proxy });
+        for (const name of HELD) model.off(`change:${name}`, hold[name]);
+        for (const [name, value] of held) {
+          replaying.set(name, value);
+          for (const f of listeners.get(`change:${name}`) ?? []) f();
+          replaying.delete(name);
+        }
+      });
+    },
+    async render(ctx) { await loaded; return figure.render(ctx); },
   };
 };
 """

@@ -8,7 +8,7 @@ import argparse, dataclasses, difflib, importlib, os, re, sys
 from pathlib import Path
 
 from .config import Config, add_arguments, setting_names
-from .runs import DiskFull, check_run_dir
+from .runs import DiskFull, check_report_path, check_run_dir
 
 # %% auto #0
 __all__ = ['Parser', 'build_parser', 'parse_args', 'train_config', 'run_command', 'main']
@@ -186,6 +186,7 @@ def run_command(args: argparse.Namespace):
         for name, store in (stores.items() if isinstance(stores, dict) else [(None, stores)]):   # a staged model: one per stage
             print(f"probe store{f' {name}' if name else ''}: {store.root}")
     elif args.command == 'report':
+        check_report_path(args.out)                              # a wrong -o is answered before torch and plotly load
         print(f"writing the report of {', '.join(str(r) for r in args.runs)} to {args.out} ...", flush=True)   # tens of seconds for big runs
         out = _command('report', 'report_command')([str(r) for r in args.runs], str(args.out))
         print(f"report: {out}")

@@ -13,7 +13,7 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .runs import atomic_write
+from .runs import REPORT_MARK, atomic_write, check_report_path, is_report
 from .store import decode_attention, shared_probe_images
 from .analysis import headline_table, attention_maps
 from .views import RunView, DETECTOR_NAMES, data_uri, prefix_attention
@@ -23,8 +23,8 @@ from .figures import (ExploreFigures, ViewState, training_maps, information_tabl
 REPORT_LUTS = dict(norm=pc.get_colorscale(NORM_COLORS), attn=pc.get_colorscale(ATTN_COLORS), sink=pc.get_colorscale('Blues'))   # the widgets' scales
 
 # %% auto #0
-__all__ = ['REPORT_LUTS', 'REPORT_MARK', 'report_epochs', 'run_report_data', 'image_arrays', 'image_bytes', 'report_asset',
-           'is_report', 'report_html', 'write_report', 'sweep_report_top', 'report_command']
+__all__ = ['REPORT_LUTS', 'report_epochs', 'run_report_data', 'image_arrays', 'image_bytes', 'report_asset', 'report_html',
+           'write_report', 'sweep_report_top', 'report_command']
 
 # %% ../nbs/08c_report.ipynb #0ab221e0
 def _b64(a) -> dict:
@@ -131,21 +131,6 @@ def image_bytes(run: RunView, idx: list[int]) -> int:
 def report_asset(name: str) -> str:
     "The text of one of the page's files shipped with the package (`vitartifacts/assets/report.js`, `report.css`)."
     return (importlib.resources.files('vitartifacts') / 'assets' / name).read_text(encoding='utf-8')
-
-# %% ../nbs/08c_report.ipynb #e2e2e002
-REPORT_MARK = '<meta name="generator" content="vitartifacts report">'
-
-
-def is_report(path: Path | str) -> bool:
-    "Whether the file at `path` is a report this project wrote (its head holds `REPORT_MARK`; older ones, its data and script)."
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(4096)
-            if REPORT_MARK.encode() in head: return True
-            if not head.lower().startswith(b'<!doctype html>'): return False
-            rest = head + f.read()                         # a report from before the mark: its data block and its script
-        return b'<script type="application/json" id="report-data">' in rest and b'window.vitartifactsReport' in rest
-    except OSError: return False
 
 # %% ../nbs/08c_report.ipynb #7f2aaace
 def _options(values, selected=None, labels=None) -> str:
@@ -255,11 +240,7 @@ def write_report(run_dirs, out: Path | str = 'report.html', n_images: int | None
             raise FileNotFoundError(f"Run folder {r} holds no probe store (no probes/index.json); train it with "
                                     "analysis_freq > 0 or write one with `vitartifacts probe`.")
     if n_images is not None and n_images < 1: raise ValueError(f"n_images={n_images} must be at least 1.")
-    out = Path(out)
-    if out.is_dir(): raise ValueError(f"Report path {out} is a folder; pass a file name such as {out / 'report.html'}.")
-    if not out.parent.exists(): raise FileNotFoundError(f"Folder {out.parent} for the report does not exist; create it first.")
-    if out.exists() and not is_report(out):
-        raise FileExistsError(f"{out} exists and is not a report this project wrote, so it is not replaced; pass another -o.")
+    out = check_report_path(out)
     runs = [RunView(r, detectors) for r in run_dirs]
     tab = headline_table(run_dirs, detectors[0]) if table else None
     page = report_html(runs, n_images, max_epochs, tab, weights, title, top, max_mb)

@@ -10,10 +10,10 @@ from pathlib import Path
 from .config import Config
 
 # %% auto #0
-__all__ = ['RUN_LOCK', 'RUN_ENTRIES', 'DiskFull', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_save',
-           'keep_copy', 'RunLocked', 'lock_holder', 'run_lock', 'holds_run', 'holds_project_run', 'foreign_entries',
-           'check_run_dir', 'make_run_dir', 'prepare_run_dir', 'read_metrics', 'write_metrics', 'run_settings',
-           'find_runs', 'runs_folder']
+__all__ = ['RUN_LOCK', 'RUN_ENTRIES', 'REPORT_MARK', 'DiskFull', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
+           'atomic_save', 'keep_copy', 'RunLocked', 'lock_holder', 'run_lock', 'holds_run', 'holds_project_run',
+           'foreign_entries', 'check_run_dir', 'make_run_dir', 'prepare_run_dir', 'read_metrics', 'write_metrics',
+           'run_settings', 'find_runs', 'is_report', 'check_report_path', 'runs_folder']
 
 # %% ../nbs/00a_runs.ipynb #a1b2c3d2
 class DiskFull(OSError):
@@ -229,6 +229,31 @@ def find_runs(runs_dir: Path | str = 'runs') -> list[Path]:
     root = Path(runs_dir).expanduser()
     runs = [p for p in root.iterdir() if (p / 'probes' / 'index.json').exists()] if root.is_dir() else []
     return sorted(runs, key=lambda p: (p / 'probes' / 'index.json').stat().st_mtime, reverse=True)
+
+# %% ../nbs/00a_runs.ipynb #a1b2c351
+REPORT_MARK = '<meta name="generator" content="vitartifacts report">'
+
+
+def is_report(path: Path | str) -> bool:
+    "Whether the file at `path` is a report this project wrote (its head holds `REPORT_MARK`; older ones, its data and script)."
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4096)
+            if REPORT_MARK.encode() in head: return True
+            if not head.lower().startswith(b'<!doctype html>'): return False
+            rest = head + f.read()                         # a report from before the mark: its data block and its script
+        return b'<script type="application/json" id="report-data">' in rest and b'window.vitartifactsReport' in rest
+    except OSError: return False
+
+
+def check_report_path(out: Path | str) -> Path:
+    "`out` as a Path if a report may be written there (a file in an existing folder, absent or a report); else one clear error."
+    out = Path(out)
+    if out.is_dir(): raise ValueError(f"Report path {out} is a folder; pass a file name such as {out / 'report.html'}.")
+    if not out.parent.exists(): raise FileNotFoundError(f"Folder {out.parent} for the report does not exist; create it first.")
+    if out.exists() and not is_report(out):
+        raise FileExistsError(f"{out} exists and is not a report this project wrote, so it is not replaced; pass another -o.")
+    return out
 
 # %% ../nbs/00a_runs.ipynb #a1b2c329
 def runs_folder() -> Path:

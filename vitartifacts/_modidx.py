@@ -8,8 +8,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'vitartifacts/analysis.py'),
                                        'vitartifacts.analysis._information_layer': ( 'analysis.html#_information_layer',
                                                                                      'vitartifacts/analysis.py'),
-                                       'vitartifacts.analysis._layer_outliers': ( 'analysis.html#_layer_outliers',
-                                                                                  'vitartifacts/analysis.py'),
                                        'vitartifacts.analysis._outliers': ('analysis.html#_outliers', 'vitartifacts/analysis.py'),
                                        'vitartifacts.analysis._prefix_row': ('analysis.html#_prefix_row', 'vitartifacts/analysis.py'),
                                        'vitartifacts.analysis.attention_entropy': ( 'analysis.html#attention_entropy',

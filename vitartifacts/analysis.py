@@ -26,7 +26,7 @@ __all__ = ['DETECTORS', 'MITIGATION_COLUMNS', 'Outliers', 'patch_norms', 'outlie
            'neighbour_similarity', 'outlier_redundancy', 'position_probe', 'class_probe', 'patch_pixels', 'pixel_probe',
            'outlier_cache_path', 'epoch_stamp', 'read_norms', 'outliers_over_epochs', 'sinks_over_epochs',
            'epoch_tokens', 'information_over_epochs', 'mitigation_name', 'run_summary', 'compare_runs',
-           'compare_mitigations', 'headline_table']
+           'headline_table', 'compare_mitigations']
 
 # %% ../nbs/07_analysis.ipynb #e1b3f3cc
 @dataclass
@@ -577,25 +577,19 @@ MITIGATION_COLUMNS = ('model', 'n_registers', 'gate', 'mitigation', 'final_val_a
                       'cls_sink_share', 'register_sink_share', 'bias_sink_share', 'sink_rate', 'massive_ratio')
 
 
-def _layer_outliers(table: pd.DataFrame, run_dirs, detector: str, **kwargs) -> pd.DataFrame:
-    "For each run of `compare_runs`' `table`: the outlier ratio of every layer at its last probe epoch (`outliers_0`, ...)."
-    layers = {}
+def headline_table(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
+    "Every column of `compare_runs` with the outlier ratio of every layer at the last probe epoch (`outliers_0`, ...): the report's and the comparison's table, for runs of any mix of variants and mitigations."
+    table, layers = compare_runs(run_dirs, detector, **kwargs), {}
     for run, run_dir in zip(table.index, run_dirs):
         last = table.loc[run].get('last_probe_epoch')
         if pd.notna(last):
             ov = outliers_over_epochs(ProbeStore(run_dir), detector, [int(last)], **kwargs)
             layers[run] = {f'outliers_{l}': r for l, r in zip(ov.layer, ov.outlier_ratio)}
     per_layer = pd.DataFrame.from_dict(layers, orient='index')
-    return per_layer[sorted(per_layer.columns, key=lambda c: int(c.split('_')[1]))]
+    return table.join(per_layer[sorted(per_layer.columns, key=lambda c: int(c.split('_')[1]))])
 
 
 def compare_mitigations(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
     "One row per run in `run_dirs`: `MITIGATION_COLUMNS` of `compare_runs` with the outlier ratio of every layer at the last probe epoch."
-    table = compare_runs(run_dirs, detector, **kwargs)
-    return table.reindex(columns=list(MITIGATION_COLUMNS)).join(_layer_outliers(table, run_dirs, detector, **kwargs))
-
-
-def headline_table(run_dirs, detector: str = 'bimodal', **kwargs) -> pd.DataFrame:
-    "Every column of `compare_runs` with the outlier ratio of every layer at the last probe epoch: the report's and the comparison's table, for runs of any mix of variants and mitigations."
-    table = compare_runs(run_dirs, detector, **kwargs)
-    return table.join(_layer_outliers(table, run_dirs, detector, **kwargs))
+    table = headline_table(run_dirs, detector, **kwargs)
+    return table.reindex(columns=list(MITIGATION_COLUMNS) + [c for c in table.columns if c.startswith('outliers_')])

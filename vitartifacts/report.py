@@ -13,7 +13,7 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from .runs import REPORT_MARK, atomic_write, check_report_path, is_report
+from .runs import REPORT_MARK, atomic_write, check_report_path
 from .store import decode_attention, shared_probe_images
 from .analysis import headline_table, attention_maps
 from .views import RunView, DETECTOR_NAMES, data_uri, prefix_attention
